@@ -1,0 +1,57 @@
+#!/usr/bin/python3
+"""Writes a dataset as Caffe LMDBs with a manifest.
+
+    data_prep/prepare.py DATASET [--source PATH] [--out DIR]
+
+DATASET is one of data_prep/datasets.json (cifar10, cifar100, mnist, digits,
+folder). Without --source the official archive is downloaded and its MD5
+checked; --source takes the archive, the folder it extracts to, or an image
+folder (train/<class>/*, test/<class>/*, also as .tar.gz).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hintkd import engine  # noqa: E402
+
+engine.use_system_python()
+
+from hintkd import datasets, lmdb_data  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("--source", help="archive, extracted folder or image folder on disk")
+    parser.add_argument("--out", help="dataset folder to write (default: runs/data/DATASET)")
+    parser.add_argument("--download-dir", default=str(Path.home() / ".cache" / "hintkd" / "downloads"))
+    parser.add_argument("--train-limit", type=int, help="keep only the first N training images")
+    parser.add_argument("--test-limit", type=int, help="keep only the first N test images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the one-time training shuffle")
+    parser.add_argument("--no-md5", action="store_true", help="accept a modified copy of an official file")
+    args = parser.parse_args(argv)
+    out = Path(args.out or Path("runs") / "data" / args.dataset)
+    try:
+        if lmdb_data.is_prepared(out):
+            manifest = lmdb_data.read_manifest(out)
+            if manifest["dataset"] != args.dataset:
+                raise datasets.DataError(f"{out} holds '{manifest['dataset']}', not '{args.dataset}'")
+            print(f"data_prep: {out} is already prepared ({manifest['train_count']} train, "
+                  f"{manifest['test_count']} test images)")
+            return 0
+        info = datasets.dataset_info(args.dataset)
+        data = datasets.load(args.dataset, args.source, args.download_dir, verify_md5=not args.no_md5)
+        manifest = lmdb_data.write_dataset(data, info, out, args.seed, args.train_limit, args.test_limit,
+                                           log=lambda *a, **k: print(*a, **k, flush=True))
+    except (datasets.DataError, engine.EngineError) as e:
+        print(f"data_prep: error: {e}", file=sys.stderr)
+        return 1
+    print(f"data_prep: wrote {out}: {manifest['train_count']} train and {manifest['test_count']} test "
+          f"images, {manifest['num_classes']} classes, {manifest['image_size']}x{manifest['image_size']}"
+          f"x{manifest['channels']} ({manifest['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

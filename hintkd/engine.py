@@ -1,0 +1,59 @@
+"""Finds the Caffe build made by engine/install_caffe.sh and imports pycaffe from it.
+
+Nobody sets PYTHONPATH or LD_LIBRARY_PATH: the prefix comes from the install
+script itself (one place computes it), its python/ folder goes on sys.path, and
+the libraries are found through the rpaths the Caffe Makefile writes.
+"""
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL_SCRIPT = REPO / "engine" / "install_caffe.sh"
+# pycaffe links against Debian's libpython3.11 and numpy (caffe-facts.md).
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+class EngineError(Exception):
+    """Caffe is missing or cannot be imported; the message says what to do."""
+
+
+def use_system_python():
+    """Re-executes the current script under Debian's python3 if another one runs it."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        return
+    if os.path.realpath(sys.executable) != os.path.realpath(SYSTEM_PYTHON):
+        os.execv(SYSTEM_PYTHON, [SYSTEM_PYTHON] + sys.argv)
+
+
+@functools.lru_cache(maxsize=None)
+def caffe_prefix():
+    if os.environ.get("HINTKD_CAFFE_PREFIX"):
+        return Path(os.environ["HINTKD_CAFFE_PREFIX"])
+    out = subprocess.run(["bash", str(INSTALL_SCRIPT), "--print-prefix"],
+                         check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+@functools.lru_cache(maxsize=None)
+def import_caffe(quiet=True):
+    """Returns the caffe module. quiet keeps Caffe's INFO logging off stderr."""
+    prefix = caffe_prefix()
+    if not (prefix / "BUILD-INFO.json").exists():
+        raise EngineError(f"Caffe is not installed at {prefix}; run {INSTALL_SCRIPT} "
+                          "(run_stages.sh and tests/run.sh do this themselves)")
+    if quiet:
+        os.environ.setdefault("GLOG_minloglevel", "2")
+    sys.path.insert(0, str(prefix / "python"))
+    try:
+        import caffe
+    except ImportError as e:
+        raise EngineError(f"cannot import pycaffe from {prefix} under {sys.executable}: {e} "
+                          f"(pycaffe needs {SYSTEM_PYTHON})") from None
+    return caffe
+
+
+def caffe_pb2():
+    return import_caffe().proto.caffe_pb2
