@@ -20,6 +20,13 @@ engine.use_system_python()
 from hintkd import datasets, lmdb_data  # noqa: E402
 
 
+def show_progress(split, done, total):
+    """A counter that rewrites itself on a terminal; only the last line in a log."""
+    if sys.stdout.isatty() or done == total:
+        end = "\n" if done == total else "\r"
+        print(f"data_prep: {split}: {done}/{total} images", end=end, flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
@@ -43,7 +50,7 @@ def main(argv=None):
         info = datasets.dataset_info(args.dataset)
         data = datasets.load(args.dataset, args.source, args.download_dir, verify_md5=not args.no_md5)
         manifest = lmdb_data.write_dataset(data, info, out, args.seed, args.train_limit, args.test_limit,
-                                           log=lambda *a, **k: print(*a, **k, flush=True))
+                                           progress=show_progress)
     except (datasets.DataError, engine.EngineError) as e:
         print(f"data_prep: error: {e}", file=sys.stderr)
         return 1

@@ -152,21 +152,23 @@ class _DirRoot:
 
 
 class _TarRoot:
+    """Reads every file of the archive in one sequential pass: random access
+    into a compressed tar would decompress it again for each file."""
+
     def __init__(self, tar):
-        self.tar = tar
+        self.name = tar.name
         try:
-            self.members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            self.contents = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
         except ARCHIVE_ERRORS as e:
             raise DataError(f"truncated or damaged archive {tar.name}: {e}") from None
+        finally:
+            tar.close()
 
     def files(self):
-        return list(self.members)
+        return list(self.contents)
 
     def read(self, relative):
-        try:
-            return self.tar.extractfile(self.members[relative]).read()
-        except ARCHIVE_ERRORS as e:
-            raise DataError(f"truncated or damaged archive {self.tar.name}: {e}") from None
+        return self.contents[relative]
 
 
 def _find(root, basename):
@@ -298,7 +300,7 @@ def _load_digits(official):
     digits = load_digits()
     images = np.clip(np.rint(digits.images * 255.0 / 16.0), 0, 255).astype(np.uint8)[:, None]
     labels = digits.target.astype(np.int64)
-    is_test = np.arange(len(labels)) % official["test_every"] == official["test_every"] - 1
+    is_test = np.arange(len(labels)) % official["test_every"] == 0  # 300 test images
     return Dataset("digits", [str(d) for d in range(10)],
                    images[~is_test], labels[~is_test], images[is_test], labels[is_test],
                    {"path": f"sklearn {sklearn_version} load_digits()",

@@ -58,8 +58,9 @@ def _write_lmdb(path, images, labels, progress):
     env.close()
 
 
-def write_dataset(data, info, folder, seed=0, train_limit=None, test_limit=None, log=print):
-    """Writes `data` (a datasets.Dataset) under `folder`; returns the manifest."""
+def write_dataset(data, info, folder, seed=0, train_limit=None, test_limit=None, progress=None):
+    """Writes `data` (a datasets.Dataset) under `folder`; returns the manifest.
+    progress(split, done, total) is called as records are written."""
     folder = Path(folder)
     if is_prepared(folder):
         raise FileExistsError(f"{folder} already holds a prepared dataset")
@@ -78,9 +79,8 @@ def write_dataset(data, info, folder, seed=0, train_limit=None, test_limit=None,
         started = time.time()
         for split, images, labels in (("train", pad_with_mean(train_images, pad, mean), train_labels),
                                       ("test", test_images, test_labels)):
-            def progress(done, total, split=split):
-                log(f"data_prep: {data.name} {split}: {done}/{total} images", end="\r" if done < total else "\n")
-            _write_lmdb(tmp / f"{split}_lmdb", images, labels, progress)
+            _write_lmdb(tmp / f"{split}_lmdb", images, labels,
+                        lambda done, total, split=split: progress and progress(split, done, total))
         manifest = {
             "dataset": data.name,
             "classes": data.classes,

@@ -1,0 +1,127 @@
+"""Reads Caffe's glog training output: train and test records by iteration.
+
+It understands the lines that BVLC Caffe's solver has printed across versions:
+    Iteration 100 (3.2 iter/s, 31.2s/100 iters), loss = 0.61     (newer)
+    Iteration 100, loss = 0.61                                    (older)
+        Train net output #0: loss = 0.61 (* 1 = 0.61 loss)
+    Iteration 100, lr = 0.1
+    Iteration 1000, Testing net (#0)
+        Test net output #0: accuracy = 0.91
+    Snapshotting to binary proto file snapshots/net_iter_1000.caffemodel
+Lines it does not know are skipped; lines it knows but cannot read become
+warnings. A later record of the same iteration (a resumed run repeats the
+iterations after its last snapshot) replaces the earlier one.
+"""
+import datetime
+import gzip
+import re
+
+# glog before 0.6 writes I1122 06:35:10.123456; glog 0.6 adds the year: I20261122.
+GLOG_PREFIX = re.compile(r"^[IWEF](\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+\d+\s+\S+\]\s?(.*)$")
+ITERATION_LOSS = re.compile(r"^Iteration (\d+)(?: \(([\d.e+-]+) iter/s, ([\d.e+-]+)s/(\d+) iters?\))?, loss = (\S+)$")
+LEARNING_RATE = re.compile(r"^Iteration (\d+), lr = (\S+)$")
+TESTING = re.compile(r"^Iteration (\d+), Testing net \(#(\d+)\)$")
+OUTPUT = re.compile(r"^(Train|Test) net output #(\d+): (\S+) = (\S+)")
+SNAPSHOT = re.compile(r"^Snapshotting to (?:binary proto|HDF5) file (\S+)$")
+RESTORE = re.compile(r"^Restoring previous solver status from (\S+)$")
+
+
+class LogParser:
+    """Feed lines in order; read .train, .test, .snapshots, .warnings."""
+
+    def __init__(self):
+        self.train = {}       # iteration -> {"iteration", "seconds", "loss", "lr", outputs...}
+        self.test = {}        # iteration -> {"iteration", "seconds", outputs...}
+        self.snapshots = []   # (iteration, path)
+        self.restores = []
+        self.warnings = []
+        self.done = False
+        self._start = None
+        self._last_time = None
+        self._year_offset = 0
+        self._train_iter = None
+        self._test_iter = None
+        self._line_number = 0
+
+    def feed_text(self, text):
+        for line in text.splitlines():
+            self.feed(line)
+
+    def feed(self, line):
+        self._line_number += 1
+        match = GLOG_PREFIX.match(line.rstrip("\n"))
+        if not match:
+            return
+        seconds = self._seconds(match)
+        message = match.group(8).strip()
+        try:
+            self._message(message, seconds)
+        except ValueError as e:
+            self.warnings.append(f"line {self._line_number}: cannot read '{message[:80]}': {e}")
+
+    def _message(self, message, seconds):
+        if m := ITERATION_LOSS.match(message):
+            it = int(m.group(1))
+            self._train_iter, self._test_iter = it, None
+            self.train[it] = {"iteration": it, "seconds": seconds, "loss": float(m.group(5))}
+        elif m := LEARNING_RATE.match(message):
+            it = int(m.group(1))
+            self.train.setdefault(it, {"iteration": it, "seconds": seconds})["lr"] = float(m.group(2))
+        elif m := TESTING.match(message):
+            it = int(m.group(1))
+            self._test_iter, self._train_iter = it, None
+            self.test[it] = {"iteration": it, "seconds": seconds}
+        elif m := OUTPUT.match(message):
+            phase, name, value = m.group(1), m.group(3), float(m.group(4))
+            current = self._train_iter if phase == "Train" else self._test_iter
+            if current is None:
+                raise ValueError(f"{phase.lower()} output outside an iteration")
+            (self.train if phase == "Train" else self.test)[current][name] = value
+        elif m := SNAPSHOT.match(message):
+            path = m.group(1)
+            it = re.search(r"_iter_(\d+)\.", path)
+            self.snapshots.append((int(it.group(1)) if it else None, path))
+        elif m := RESTORE.match(message):
+            self.restores.append(m.group(1))
+        elif message.startswith("Optimization Done"):
+            self.done = True
+
+    def _seconds(self, match):
+        year, month, day, hour, minute, second, fraction = match.groups()[:7]
+        year = int(year) if year else 2001 + self._year_offset
+        try:
+            t = datetime.datetime(year, int(month), int(day), int(hour), int(minute),
+                                  int(second), int(fraction.ljust(6, "0")[:6]))
+        except ValueError:
+            return None
+        if self._last_time and t < self._last_time - datetime.timedelta(days=180):  # a year without a number ended
+            self._year_offset += 1
+            t = t.replace(year=t.year + 1)
+        self._last_time = t
+        if self._start is None:
+            self._start = t
+        return round((t - self._start).total_seconds(), 6)
+
+    def train_records(self):
+        return [self.train[i] for i in sorted(self.train)]
+
+    def test_records(self):
+        """Test records that have at least one output (a cut-off test pass has none)."""
+        return [self.test[i] for i in sorted(self.test) if len(self.test[i]) > 2]
+
+
+def parse_file(path):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    parser = LogParser()
+    with opener(path, "rt", errors="replace") as f:
+        for line in f:
+            parser.feed(line)
+    return parser
+
+
+def final_and_best(test_records, metric="accuracy"):
+    """The last test record with `metric`, and the one with its highest value."""
+    scored = [r for r in test_records if metric in r]
+    if not scored:
+        return None, None
+    return scored[-1], max(scored, key=lambda r: (r[metric], r["iteration"]))

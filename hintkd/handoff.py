@@ -1,0 +1,56 @@
+"""Weight hand-offs between stages: Caffe's net.copy_from, then checked.
+
+copy_from matches layers by name and only logs a source layer it cannot place
+("Ignoring source layer"); a target layer missing from the source silently keeps
+its random values. So every layer that a stage expects to inherit is looked up
+in the source caffemodel first, and compared value by value after loading.
+"""
+import numpy as np
+
+from hintkd import engine
+
+
+class HandoffError(Exception):
+    """A layer that should have been loaded was not; the message names it."""
+
+
+def read_caffemodel(path):
+    """{layer name: [numpy arrays]} of a caffemodel, read with caffe_pb2."""
+    param = engine.caffe_pb2().NetParameter()
+    try:
+        with open(path, "rb") as f:
+            param.ParseFromString(f.read())
+    except (OSError, Exception) as e:  # protobuf raises its own DecodeError
+        raise HandoffError(f"cannot read weights {path}: {e}") from None
+    layers = param.layer or param.layers
+    return {layer.name: [np.asarray(b.data, dtype=np.float32) for b in layer.blobs]
+            for layer in layers if layer.blobs}
+
+
+def expected_layers(net, roles):
+    return [name for name in net.params if name.split("/", 1)[0] in roles]
+
+
+def load_initial_weights(net, inits):
+    """Loads each {"weights": path, "roles": [...]} into net; returns report lines."""
+    report = []
+    for init in inits:
+        path, roles = init["weights"], init["roles"]
+        source = read_caffemodel(path)
+        expected = expected_layers(net, roles)
+        if not expected:
+            raise HandoffError(f"the net has no layers of role {roles} to load from {path}")
+        missing = [name for name in expected if name not in source]
+        if missing:
+            raise HandoffError(f"layer '{missing[0]}' ({len(missing)} in all) is not in {path}; "
+                               "it would keep random weights")
+        net.copy_from(path)
+        for name in expected:
+            target = net.params[name]
+            if len(target) != len(source[name]):
+                raise HandoffError(f"layer '{name}' has {len(target)} blobs, {path} has {len(source[name])}")
+            for i, blob in enumerate(target):
+                if not np.array_equal(blob.data.ravel(), source[name][i]):
+                    raise HandoffError(f"layer '{name}' blob {i} differs from {path} after loading")
+        report.append(f"loaded and checked {len(expected)} {'/'.join(roles)} layers from {path}")
+    return report

@@ -1,0 +1,250 @@
+"""Trains one stage folder (written by generate.py) with pycaffe.
+
+    python3 -m hintkd.train STAGE_DIR [--gpu N]
+
+A stage folder holds stage.json, train_val.prototxt and solver.prototxt. Caffe's
+own log goes to STAGE_DIR/caffe.log; progress goes to the terminal. Snapshots
+are taken here, each marked complete only after Caffe has written it, so an
+interrupted run resumes from its last whole snapshot. summary.json is written
+last: a stage with a summary is finished, and is skipped when run again.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from hintkd import caffelog, engine, handoff
+from hintkd.atomic import write_json
+
+SNAPSHOT_PREFIX = "snapshots/net"
+SUMMARY = "summary.json"
+FINAL_WEIGHTS = "final.caffemodel"
+KEEP_SNAPSHOTS = 2
+
+
+class TrainingError(Exception):
+    """A stage that cannot go on; the message names the stage and the reason."""
+
+
+def read_stage(stage_dir):
+    return json.loads((Path(stage_dir) / "stage.json").read_text())
+
+
+def is_finished(stage_dir):
+    return (Path(stage_dir) / SUMMARY).exists()
+
+
+def complete_snapshots(stage_dir):
+    """(iteration, solverstate path) of every snapshot marked complete, oldest first."""
+    found = []
+    for marker in (Path(stage_dir) / "snapshots").glob("net_iter_*.complete"):
+        it = int(re.search(r"_iter_(\d+)\.complete$", marker.name).group(1))
+        state = marker.with_suffix(".solverstate")
+        if state.exists() and marker.with_suffix(".caffemodel").exists():
+            found.append((it, state))
+    return sorted(found)
+
+
+def take_snapshot(solver, stage_dir):
+    solver.snapshot()
+    it = solver.iter
+    marker = Path(stage_dir) / "snapshots" / f"net_iter_{it}.complete"
+    marker.write_text(f"{it}\n")
+    for old_it, state in complete_snapshots(stage_dir)[:-KEEP_SNAPSHOTS]:
+        for suffix in (".complete", ".caffemodel", ".solverstate"):
+            state.with_suffix(suffix).unlink(missing_ok=True)
+
+
+def redirect_caffe_log(log_path):
+    """Sends fd 2 (where glog writes) to the log; returns a stream to the terminal."""
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    sys.stderr = terminal
+    return terminal
+
+
+class Progress:
+    """One status line: where the stage is, its loss, lr, last test, time left."""
+
+    def __init__(self, label, max_iter, stream=sys.stdout, seconds_between_lines=10):
+        self.label, self.max_iter, self.stream = label, max_iter, stream
+        self.tty = stream.isatty()
+        self.started, self.start_iter = time.time(), None
+        self.last_test = ""
+        self.seconds_between_lines, self.last_line = seconds_between_lines, 0.0
+
+    def update(self, it, loss, lr, force=False):
+        """Rewrites the line on a terminal; elsewhere writes one every few seconds."""
+        if self.start_iter is None:
+            self.start_iter = it - 1
+        if not (force or self.tty or time.time() - self.last_line >= self.seconds_between_lines):
+            return
+        self.last_line = time.time()
+        done = it - self.start_iter
+        per_iter = (time.time() - self.started) / max(done, 1)
+        left = per_iter * (self.max_iter - it)
+        line = (f"[{self.label}] iter {it}/{self.max_iter}  loss {loss:.4f}  lr {lr:g}"
+                f"{self.last_test}  {per_iter:.3f} s/iter  left {_hms(left)}")
+        self.stream.write(("\r" + line.ljust(120)) if self.tty else line + "\n")
+        self.stream.flush()
+
+    def test(self, record):
+        outputs = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("iteration", "seconds"))
+        self.last_test = f"  test@{record['iteration']}: {outputs}"
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def learning_rate(solver_param, it):
+    if solver_param.lr_policy == "multistep":
+        return solver_param.base_lr * solver_param.gamma ** sum(1 for s in solver_param.stepvalue if it >= s)
+    return solver_param.base_lr
+
+
+def total_loss(net):
+    weights = dict(zip(net._blob_names, net._blob_loss_weights))
+    return sum(weights[name] * float(net.blobs[name].data.sum()) for name in net.outputs if weights[name])
+
+
+def train(stage_dir, gpu=None, out=sys.stdout):
+    stage_dir = Path(stage_dir).resolve()
+    stage = read_stage(stage_dir)
+    label = stage["label"]
+    if is_finished(stage_dir):
+        print(f"[{label}] finished earlier: {stage_dir / SUMMARY}", file=out)
+        return json.loads((stage_dir / SUMMARY).read_text())
+    caffe = engine.import_caffe(quiet=False)
+    solver_param = engine.caffe_pb2().SolverParameter()
+    from google.protobuf import text_format
+    text_format.Parse((stage_dir / "solver.prototxt").read_text(), solver_param)
+
+    os.chdir(stage_dir)  # the solver's net and snapshot paths are relative to the stage
+    (stage_dir / "snapshots").mkdir(exist_ok=True)
+    log_path = stage_dir / "caffe.log"
+    terminal = redirect_caffe_log(log_path)
+    if gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_device(gpu)
+        caffe.set_mode_gpu()
+    solver = caffe.get_solver("solver.prototxt")
+
+    snapshots = complete_snapshots(stage_dir)
+    if snapshots:
+        it, state = snapshots[-1]
+        print(f"[{label}] resuming from the snapshot at iteration {it}", file=out, flush=True)
+        solver.restore(str(state.relative_to(stage_dir)))
+    else:
+        loaded = handoff.load_initial_weights(solver.net, stage.get("init", []))
+        for line in loaded:
+            print(f"[{label}] {line}", file=out, flush=True)
+
+    max_iter, every = solver_param.max_iter, stage["snapshot_every"]
+    progress = Progress(label, max_iter, out)
+    log_reader = _LogFollower(log_path)
+    started, start_iter = time.time(), solver.iter
+
+    def after_step():
+        loss = total_loss(solver.net)
+        if not math.isfinite(loss):
+            progress.close()
+            raise TrainingError(f"stage '{label}': the loss became {loss} at iteration {solver.iter} "
+                                f"(log: {log_path})")
+        for record in log_reader.new_tests():
+            progress.test(record)
+        progress.update(solver.iter, loss, learning_rate(solver_param, solver.iter - 1),
+                        force=solver.iter == max_iter)
+
+    while solver.iter < max_iter - 1:
+        solver.step(1)
+        after_step()
+        if solver.iter % every == 0:
+            take_snapshot(solver, stage_dir)
+    # Caffe's own Solve() runs the last iteration and the final test pass.
+    solver.solve()
+    after_step()
+    progress.close()
+
+    tmp = stage_dir / f".{FINAL_WEIGHTS}.tmp"
+    solver.net.save(str(tmp))
+    os.replace(tmp, stage_dir / FINAL_WEIGHTS)
+    summary = summarize(stage_dir, stage, max_iter, time.time() - started, solver.iter - start_iter)
+    write_json(stage_dir / SUMMARY, summary)
+    terminal.flush()
+    return summary
+
+
+def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run):
+    parsed = caffelog.parse_file(stage_dir / "caffe.log")
+    tests = parsed.test_records()
+    final, best = caffelog.final_and_best(tests)
+    train = parsed.train_records()
+    return {
+        **{k: stage[k] for k in ("label", "dataset", "method", "stage", "nets", "trains", "seed", "scale")
+           if k in stage},
+        "iterations": max_iter,
+        "final_test": final,
+        "best_test": best,
+        "final_train": train[-1] if train else None,
+        "test_points": len(tests),
+        "seconds_this_run": round(seconds, 1),
+        "seconds_per_iter": round(seconds / max(iterations_this_run, 1), 4),
+        "log": str(stage_dir / "caffe.log"),
+        "caffemodel": str(stage_dir / FINAL_WEIGHTS),
+    }
+
+
+class _LogFollower:
+    """Reads test results from the Caffe log as Caffe writes them."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.parser = path, os.path.getsize(path), caffelog.LogParser()
+        self.seen = set()
+        self.pending = ""
+
+    def new_tests(self):
+        with open(self.path, errors="replace") as f:
+            f.seek(self.offset)
+            text = f.read()
+            self.offset = f.tell()
+        text, self.pending = self.pending + text, ""
+        if text and not text.endswith("\n"):
+            text, _, self.pending = text.rpartition("\n")
+        self.parser.feed_text(text)
+        fresh = [r for r in self.parser.test_records() if r["iteration"] not in self.seen]
+        self.seen.update(r["iteration"] for r in fresh)
+        return fresh
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage_dir")
+    parser.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    args = parser.parse_args(argv)
+    try:
+        summary = train(args.stage_dir, args.gpu)
+    except (TrainingError, handoff.HandoffError, engine.EngineError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    final = summary.get("final_test") or {}
+    print(f"[{summary['label']}] done: final test accuracy {final.get('accuracy', float('nan')):.4f} "
+          f"at iteration {final.get('iteration')}; summary {Path(args.stage_dir).resolve() / SUMMARY}")
+    return 0
+
+
+if __name__ == "__main__":
+    engine.use_system_python()
+    sys.exit(main())
