@@ -76,7 +76,9 @@ class LogParser:
             current = self._train_iter if phase == "Train" else self._test_iter
             if current is None:
                 raise ValueError(f"{phase.lower()} output outside an iteration")
-            (self.train if phase == "Train" else self.test)[current][name] = value
+            record = (self.train if phase == "Train" else self.test)[current]
+            record[name] = value
+            record["seconds"] = seconds  # as Caffe's tools/extra/parse_log.py: the output's time
         elif m := SNAPSHOT.match(message):
             path = m.group(1)
             it = re.search(r"_iter_(\d+)\.", path)
@@ -119,8 +121,16 @@ def parse_file(path):
     return parser
 
 
-def final_and_best(test_records, metric="accuracy"):
-    """The last test record with `metric`, and the one with its highest value."""
+def accuracy_name(records):
+    """The name Caffe printed for accuracy ("accuracy", "Accuracy", ...), or None."""
+    names = {name for r in records for name in r if name not in ("iteration", "seconds")}
+    exact = sorted(n for n in names if n.lower() == "accuracy")
+    return (exact or sorted(n for n in names if "acc" in n.lower()) or [None])[0]
+
+
+def final_and_best(test_records, metric=None):
+    """The last test record with the accuracy (or `metric`), and the one with its highest value."""
+    metric = metric or accuracy_name(test_records)
     scored = [r for r in test_records if metric in r]
     if not scored:
         return None, None

@@ -44,8 +44,8 @@ def import_caffe(quiet=True):
     if not (prefix / "BUILD-INFO.json").exists():
         raise EngineError(f"Caffe is not installed at {prefix}; run {INSTALL_SCRIPT} "
                           "(run_stages.sh and tests/run.sh do this themselves)")
-    if quiet:
-        os.environ.setdefault("GLOG_minloglevel", "2")
+    # glog reads this once, when libcaffe loads; training needs Caffe's INFO lines.
+    os.environ["GLOG_minloglevel"] = "2" if quiet else "0"
     sys.path.insert(0, str(prefix / "python"))
     try:
         import caffe

@@ -182,6 +182,8 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     solver.net.save(str(tmp))
     os.replace(tmp, stage_dir / FINAL_WEIGHTS)
     summary = summarize(stage_dir, stage, max_iter, time.time() - started, solver.iter - start_iter)
+    if (summary["final_test"] or {}).get("iteration") != max_iter:
+        raise TrainingError(f"stage '{label}': {log_path} holds no test result for iteration {max_iter}")
     write_json(stage_dir / SUMMARY, summary)
     terminal.flush()
     return summary
@@ -195,6 +197,7 @@ def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run):
     return {
         **{k: stage[k] for k in ("label", "dataset", "method", "stage", "nets", "trains", "seed", "scale")
            if k in stage},
+        **{k: stage["nets"][stage["trains"]][k] for k in ("depth", "widths")},
         "iterations": max_iter,
         "final_test": final,
         "best_test": best,

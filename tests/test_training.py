@@ -1,0 +1,124 @@
+"""Training on real Caffe: accuracy on real MNIST, summaries, reuse, resume after
+a real kill, NaN stops, one driver per output folder."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, python, run
+from hintkd import engine, plan, train
+
+RUN_STAGES = str(REPO / "run_stages.sh")
+
+
+def planned_stage(data_dir, out, dataset="digits", method="student", scale=0.1, **options):
+    opts = plan.RunOptions(dataset, 14, 8, method, Path(data_dir), Path(out), scale=scale, **options)
+    (stage,) = plan.plan(opts)
+    return stage
+
+
+def train_stage(stage, check=True):
+    return python("-m", "hintkd.train", stage, check=check)
+
+
+def test_resnet8_on_2000_real_mnist_images_reaches_95_percent(mnist_2k, tmp_path):
+    stage = planned_stage(mnist_2k, tmp_path, dataset="mnist", scale=0.01)  # 360 iterations of 64
+    train_stage(stage)
+    summary = json.loads((stage / "summary.json").read_text())
+    assert summary["final_test"]["iteration"] == summary["iterations"] == 360
+    assert summary["final_test"]["accuracy"] >= 0.95, summary["final_test"]
+    assert summary["best_test"]["accuracy"] >= summary["final_test"]["accuracy"]
+
+
+def test_run_stages_trains_summarizes_and_reuses_a_finished_net(digits_data, tmp_path):
+    out = tmp_path / "runs"
+    args = [RUN_STAGES, "digits", "14", "8", "teacher", "--scale", "0.1", "--out", str(out)]
+    (out / "data").mkdir(parents=True)
+    os.symlink(digits_data, out / "data" / "digits")
+    first = run(args)
+    summary_path = out / "digits" / "teacher-resnet14-w16.32.64-scale0.1" / "summary.json"
+    assert str(summary_path) in first.stdout
+    summary = json.loads(summary_path.read_text())
+    assert (summary["dataset"], summary["depth"], summary["widths"]) == ("digits", 14, [16, 32, 64])
+    assert summary["iterations"] == 120 and summary["final_test"]["iteration"] == 120
+    assert summary["final_test"]["accuracy"] > 0.5
+    assert Path(summary["caffemodel"]).exists() and Path(summary["log"]).exists()
+    assert "iter 120/120" in first.stdout
+
+    before = summary_path.stat().st_mtime_ns
+    second = run(args)
+    assert "finished earlier" in second.stdout
+    assert summary_path.stat().st_mtime_ns == before
+
+
+def test_killed_stage_resumes_from_its_last_complete_snapshot(digits_data, tmp_path):
+    stage = planned_stage(digits_data, tmp_path, scale=0.5)  # 600 iterations, a snapshot every 50
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen([engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(stage)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(train.complete_snapshots(stage)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    snapshots = train.complete_snapshots(stage)
+    assert snapshots and not train.is_finished(stage)
+    last_iteration = snapshots[-1][0]
+    # A snapshot Caffe did not finish (no marker) is never resumed from.
+    (stage / "snapshots" / "net_iter_99999.solverstate").write_bytes(b"\x08")
+    (stage / "snapshots" / "net_iter_99999.caffemodel").write_bytes(b"")
+
+    resumed = train_stage(stage)
+    assert f"resuming from the snapshot at iteration {last_iteration}" in resumed.stdout
+    second_session = (stage / "caffe.log").read_text().split("Initializing solver from parameters")[2]
+    first_record = re.search(r"Iteration (\d+)(?: \(.*\))?, loss = ", second_session)
+    assert int(first_record.group(1)) == last_iteration  # not 0: the run went on from the snapshot
+    summary = json.loads((stage / "summary.json").read_text())
+    assert summary["final_test"]["iteration"] == 600
+
+
+def test_diverging_loss_stops_with_the_stage_and_iteration(digits_data, tmp_path):
+    stage = planned_stage(digits_data, tmp_path)
+    solver = (stage / "solver.prototxt").read_text().replace("base_lr: 0.1", "base_lr: 1e+30")
+    (stage / "solver.prototxt").write_text(solver)
+    result = train_stage(stage, check=False)
+    assert result.returncode == 1
+    assert "stage 'student ResNet-8': the loss became" in result.stderr
+    assert " at iteration " in result.stderr
+    assert not train.is_finished(stage)
+
+
+def test_a_second_driver_on_the_same_output_folder_refuses(digits_data, tmp_path):
+    out = tmp_path / "runs"
+    (out / "data").mkdir(parents=True)
+    os.symlink(digits_data, out / "data" / "digits")
+    args = [RUN_STAGES, "digits", "14", "8", "student", "--scale", "0.5", "--out", str(out)]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not list(out.glob("digits/*/caffe.log")) and time.time() < deadline:
+            time.sleep(0.2)
+        second = run(args, check=False)
+        assert second.returncode == 1
+        assert "another run_stages.sh is using" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["digits", "14", "8", "nomethod"], "unknown method 'nomethod'"),
+    (["digits", "13", "8", "student"], "depth 13 is not 6n+2"),
+    (["digits", "14", "8", "student", "--bogus"], "unknown option '--bogus'"),
+])
+def test_driver_rejects_bad_arguments_clearly(digits_data, tmp_path, args, message):
+    out = tmp_path / "runs"
+    (out / "data").mkdir(parents=True)
+    os.symlink(digits_data, out / "data" / "digits")
+    result = run([RUN_STAGES, *args, "--out", str(out)], check=False)
+    assert result.returncode != 0 and message in result.stderr
