@@ -29,6 +29,14 @@ def widths(text):
     return values
 
 
+def floats(text):
+    return [float(v) for v in text.split(",")]
+
+
+def ints(text):
+    return [int(v) for v in text.split(",")]
+
+
 def scale_of(args):
     return netgen.quick_scale() if args.quick else args.scale
 
@@ -109,7 +117,18 @@ def main(argv=None):
     p.add_argument("--teacher-widths", type=widths)
     p.add_argument("--student-widths", type=widths)
     p.add_argument("--shortcut", choices=netgen.SHORTCUTS, default="projection")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of Stage 1 and Net 1; Net k uses seed + k - 1")
+    p.add_argument("--nets", type=int, default=3, help="Stage 2 runs once per net (paper: Nets 1-3)")
+    p.add_argument("--hints", type=plan.parse_hints,
+                   help="hint/guided points, T[:S] each: stage1..3, middle, last, blockK (N = their count)")
+    p.add_argument("--hint-weights", type=floats, help="a_i of eq. 7 (default: equal)")
+    p.add_argument("--step-iterations", type=ints, help="iterations of each layer-wise step")
+    p.add_argument("--tau", type=float, help="softening factor (default 3, sec. 2.1)")
+    p.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 5, sec. 3.1)")
+    p.add_argument("--tau-squared", action="store_const", const=True,
+                   help="multiply the KD term by tau^2 (Hinton et al.; not in the paper)")
+    p.add_argument("--regressor", action="store_true",
+                   help="a 1x1 convolutional regressor on each guided layer to the teacher's width (Tables 5-6)")
     add_schedule_options(p)
 
     args = parser.parse_args(argv)
@@ -129,7 +148,9 @@ def main(argv=None):
         elif args.command == "plan":
             opts = plan.RunOptions(args.dataset, args.teacher_depth, args.student_depth, args.method,
                                    Path(args.data), Path(args.out), args.teacher_widths, args.student_widths,
-                                   args.shortcut, scale_of(args), args.seed)
+                                   args.shortcut, scale_of(args), args.seed, args.nets, args.hints,
+                                   args.hint_weights, args.tau, args.kd_lambda, args.tau_squared, args.regressor,
+                                   args.step_iterations)
             for folder in plan.plan(opts):
                 print(folder)
     except (netgen.GenerateError, plan.PlanError, datasets.DataError, engine.EngineError) as e:

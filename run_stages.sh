@@ -11,7 +11,10 @@
 #   --source PATH         dataset archive or folder on disk (default: download)
 #   --out DIR             where data and runs go (default: ./runs)
 #   --seed N              the weight-initialisation seed (default: 1)
+#   --nets K              Stage 2 runs per method (default: 3, the paper's Nets 1-3)
 #   --teacher-widths A,B,C / --student-widths A,B,C / --shortcut projection|zero_pad
+#   --hints LIST / --hint-weights LIST / --step-iterations LIST / --regressor
+#   --tau T / --kd-lambda L / --tau-squared      (see generate.py plan --help)
 #
 # Finished stages are skipped, an interrupted one resumes from its last
 # snapshot; two drivers never share an output folder.
@@ -20,7 +23,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=/usr/bin/python3
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
 die() { echo "run_stages.sh: error: $*" >&2; exit 1; }
 
 [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] && usage
@@ -32,10 +35,10 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) device=() ;;
     --gpu) [ $# -ge 2 ] || die "--gpu needs a device number"; device=(--gpu "$2"); shift ;;
-    --quick) plan_options+=(--quick) ;;
+    --quick|--regressor|--tau-squared) plan_options+=("$1") ;;
     --source) [ $# -ge 2 ] || die "--source needs a path"; source=$2; shift ;;
     --out) [ $# -ge 2 ] || die "--out needs a folder"; out=$2; shift ;;
-    --scale|--seed|--teacher-widths|--student-widths|--shortcut)
+    --scale|--seed|--nets|--teacher-widths|--student-widths|--shortcut|--hints|--hint-weights|--step-iterations|--tau|--kd-lambda)
       [ $# -ge 2 ] || die "$1 needs a value"; plan_options+=("$1" "$2"); shift ;;
     -h|--help) usage ;;
     *) die "unknown option '$1' (see --help)" ;;

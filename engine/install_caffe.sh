@@ -11,8 +11,8 @@
 #   HINTKD_CAFFE_SDIST    a local brocolli-caffe-9.0.2.tar.gz (skips the download)
 #   HINTKD_JOBS           parallel make jobs (default: number of cores)
 #
-# The prefix name carries a hash of the recipe (Makefile.config, the pinned
-# source, the variant, BUILD_RECIPE), so a changed recipe builds anew and never overwrites an
+# The prefix name carries a hash of the recipe (Makefile.config, patches/, the
+# pinned source, the variant, BUILD_RECIPE), so a changed recipe builds anew and never overwrites an
 # older build. A build is assembled in a temporary folder and renamed into place
 # only after its smoke test passes: an interrupted build never looks installed.
 set -euo pipefail
@@ -26,7 +26,7 @@ CAFFE_SDIST_SHA256=c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c
 EXTRA_LAYERS="relu6 hardswish hardsigmoid pixelshuffle maxunpool upsample proposal"
 
 # Bump when a build step below changes what is built (the hash then changes).
-BUILD_RECIPE=1
+BUILD_RECIPE=2
 
 # Debian packages: the Caffe build, then what the project's Python needs at run time.
 BUILD_PACKAGES="build-essential dpkg-dev python3-pip libboost-system-dev libboost-thread-dev
@@ -48,7 +48,7 @@ for arg in "$@"; do
 done
 
 cache=${HINTKD_CACHE:-$HOME/.cache/hintkd}
-recipe_hash=$(cat "$ENGINE_DIR/Makefile.config" <(echo "$CAFFE_SDIST_NAME $CAFFE_SDIST_VERSION \
+recipe_hash=$(cat "$ENGINE_DIR/Makefile.config" "$ENGINE_DIR"/patches/*.patch <(echo "$CAFFE_SDIST_NAME $CAFFE_SDIST_VERSION \
   $CAFFE_SDIST_SHA256 $variant $EXTRA_LAYERS $BUILD_RECIPE") | sha256sum | cut -c1-10)
 prefix="$cache/caffe-$CAFFE_SDIST_VERSION-$variant-$recipe_hash"
 
@@ -109,9 +109,15 @@ build() {
   for layer in $EXTRA_LAYERS; do
     rm -f "$tree/src/caffe/layers/${layer}_layer."{cpp,cu} "$tree/include/caffe/layers/${layer}_layer.hpp"
   done
+  local patch
+  for patch in "$ENGINE_DIR"/patches/*.patch; do  # fixes to the source, each explained inside
+    patch -s -d "$tree" -p1 < "$patch"
+  done
   cp "$ENGINE_DIR/Makefile.config" "$tree/Makefile.config"
   local jobs=${HINTKD_JOBS:-$(nproc)} log="$work/build.log" total
-  total=$(find "$tree/src/caffe" "$tree/tools" -name '*.cpp' ! -name 'test_*' | wc -l)
+  # Compile steps, one link step per tool, and the library, pycaffe and proto steps.
+  total=$(( $(find "$tree/src/caffe" "$tree/tools" -name '*.cpp' ! -name 'test_*' | wc -l)
+            + $(find "$tree/tools" -maxdepth 1 -name '*.cpp' | wc -l) + 4 ))
   say "building Caffe ($variant) with $jobs jobs; full log: $log"
   # Progress: one counter line over the compile steps make reports.
   local status=0

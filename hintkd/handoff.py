@@ -27,30 +27,39 @@ def read_caffemodel(path):
             for layer in layers if layer.blobs}
 
 
-def expected_layers(net, roles):
-    return [name for name in net.params if name.split("/", 1)[0] in roles]
-
-
 def load_initial_weights(net, inits):
-    """Loads each {"weights": path, "roles": [...]} into net; returns report lines."""
+    """Loads each {"weights": caffemodel, "layers": [names]} into net with
+    copy_from, then checks every listed layer value by value; returns report lines."""
     report = []
     for init in inits:
-        path, roles = init["weights"], init["roles"]
+        path, expected = init["weights"], init["layers"]
+        absent = [name for name in expected if name not in net.params]
+        if absent:
+            raise HandoffError(f"layer '{absent[0]}' is to be loaded from {path} but the net has no such layer")
         source = read_caffemodel(path)
-        expected = expected_layers(net, roles)
-        if not expected:
-            raise HandoffError(f"the net has no layers of role {roles} to load from {path}")
         missing = [name for name in expected if name not in source]
         if missing:
             raise HandoffError(f"layer '{missing[0]}' ({len(missing)} in all) is not in {path}; "
                                "it would keep random weights")
         net.copy_from(path)
-        for name in expected:
-            target = net.params[name]
-            if len(target) != len(source[name]):
-                raise HandoffError(f"layer '{name}' has {len(target)} blobs, {path} has {len(source[name])}")
-            for i, blob in enumerate(target):
-                if not np.array_equal(blob.data.ravel(), source[name][i]):
-                    raise HandoffError(f"layer '{name}' blob {i} differs from {path} after loading")
-        report.append(f"loaded and checked {len(expected)} {'/'.join(roles)} layers from {path}")
+        _compare(net, expected, source, path, "differs from {path} after loading")
+        report.append(f"loaded and checked {len(expected)} layers from {path}")
     return report
+
+
+def verify_frozen(net, inits):
+    """Raises if a layer loaded as frozen (the teacher) changed while training."""
+    for init in inits:
+        if init.get("frozen"):
+            _compare(net, init["layers"], read_caffemodel(init["weights"]), init["weights"],
+                     "changed during training although it is frozen (source {path})")
+
+
+def _compare(net, names, source, path, problem):
+    for name in names:
+        target = net.params[name]
+        if len(target) != len(source[name]):
+            raise HandoffError(f"layer '{name}' has {len(target)} blobs, {path} has {len(source[name])}")
+        for i, blob in enumerate(target):
+            if not np.array_equal(blob.data.ravel(), source[name][i]):
+                raise HandoffError(f"layer '{name}' blob {i} " + problem.format(path=path))

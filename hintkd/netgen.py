@@ -15,6 +15,8 @@ SCHEDULES = REPO / "solvers" / "schedules.json"
 SHORTCUTS = ("projection", "zero_pad")
 # Caffe's default BatchNorm moving_average_fraction, for the paper's full schedules.
 BN_MOVING_AVERAGE_FRACTION = 0.999
+# Heads of prototxt_templates/heads.prototxt.j2 that read the "label" blob.
+LABEL_HEADS = {"cross_entropy", "step_classifier"}
 
 
 class GenerateError(Exception):
@@ -141,15 +143,24 @@ class Head:
     extra: dict = field(default_factory=dict)
 
 
-def schedule(dataset, kind="scratch", scale=1.0):
-    """The solver values of a stage kind for a dataset, iteration counts times scale."""
-    table = json.loads(SCHEDULES.read_text())
+def schedule_table():
+    return json.loads(SCHEDULES.read_text())
+
+
+def schedule(dataset, kind="scratch", scale=1.0, max_iter=None):
+    """The solver values of a stage kind for a dataset, iteration counts times
+    scale. max_iter (at the paper's scale) is given where a method sets it.
+    A test_interval of 0 means no test passes."""
+    table = schedule_table()
     if dataset not in table[kind]:
         raise GenerateError(f"no '{kind}' schedule for dataset '{dataset}' in {SCHEDULES}")
     s = {k: v for k, v in table["common"].items() if k != "paper"}
     s.update({k: v for k, v in table[kind][dataset].items() if k != "paper"})
+    if max_iter is not None:
+        s["max_iter"] = max_iter
+    s.setdefault("test_interval", 0)
     for key in ("max_iter", "test_interval", "snapshot", "display"):
-        s[key] = scaled(s[key], scale)
+        s[key] = scaled(s[key], scale) if s[key] else 0
     s["stepvalue"] = [scaled(v, scale) for v in s.get("stepvalue", [])]
     s["test_batch_at_most"] = table["test"]["batch_size_at_most"]
     return s
@@ -177,8 +188,9 @@ def validate(text, message="NetParameter"):
 
 
 def render_net(name, data, nets, heads, comment=""):
+    reads_label = any(head.kind in LABEL_HEADS for head in heads)
     text = _env.get_template("train_val.prototxt.j2").render(
-        name=name, data=data, nets=nets, heads=heads, comment=comment)
+        name=name, data=data, nets=nets, heads=heads, comment=comment, reads_label=reads_label)
     validate(text, "NetParameter")
     return text
 
@@ -195,9 +207,10 @@ def render_solver(net_path, schedule_values, data, random_seed, snapshot_prefix,
              snapshot_prefix=snapshot_prefix)
     # Caffe's Solve() tests after the last iteration only when the interval divides max_iter,
     # and the paper reports the accuracy at the last iteration.
-    wanted = max(s["test_interval"], min_test_interval(data, s["batch_size"]))
-    s["test_interval"] = min(d for d in range(wanted, s["max_iter"] + 1) if s["max_iter"] % d == 0) \
-        if wanted <= s["max_iter"] else s["max_iter"]
+    if s["test_interval"]:
+        wanted = max(s["test_interval"], min_test_interval(data, s["batch_size"]))
+        s["test_interval"] = min(d for d in range(wanted, s["max_iter"] + 1) if s["max_iter"] % d == 0) \
+            if wanted <= s["max_iter"] else s["max_iter"]
     text = _env.get_template("solver.prototxt.j2").render(s=s, comment=comment)
     validate(text, "SolverParameter")
     return text

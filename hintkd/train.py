@@ -178,11 +178,12 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     after_step()
     progress.close()
 
+    handoff.verify_frozen(solver.net, stage.get("init", []))
     tmp = stage_dir / f".{FINAL_WEIGHTS}.tmp"
     solver.net.save(str(tmp))
     os.replace(tmp, stage_dir / FINAL_WEIGHTS)
     summary = summarize(stage_dir, stage, max_iter, time.time() - started, solver.iter - start_iter)
-    if (summary["final_test"] or {}).get("iteration") != max_iter:
+    if stage.get("tests", True) and (summary["final_test"] or {}).get("iteration") != max_iter:
         raise TrainingError(f"stage '{label}': {log_path} holds no test result for iteration {max_iter}")
     write_json(stage_dir / SUMMARY, summary)
     terminal.flush()
@@ -195,13 +196,15 @@ def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run):
     final, best = caffelog.final_and_best(tests)
     train = parsed.train_records()
     return {
-        **{k: stage[k] for k in ("label", "dataset", "method", "stage", "nets", "trains", "seed", "scale")
-           if k in stage},
+        **{k: stage[k] for k in ("label", "dataset", "method", "stage", "net", "nets", "trains", "seed", "scale",
+                                 "hints", "kd") if k in stage},
         **{k: stage["nets"][stage["trains"]][k] for k in ("depth", "widths")},
         "iterations": max_iter,
         "final_test": final,
         "best_test": best,
-        "final_train": train[-1] if train else None,
+        # Solve() logs only the total after the last iteration: the last record with outputs by name.
+        "final_losses": next((r for r in reversed(train) if set(r) - {"iteration", "seconds", "loss", "lr"}),
+                             train[-1] if train else None),
         "test_points": len(tests),
         "seconds_this_run": round(seconds, 1),
         "seconds_per_iter": round(seconds / max(iterations_this_run, 1), 4),
@@ -242,8 +245,9 @@ def main(argv=None):
     except (TrainingError, handoff.HandoffError, engine.EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    final = summary.get("final_test") or {}
-    print(f"[{summary['label']}] done: final test accuracy {final.get('accuracy', float('nan')):.4f} "
+    final = summary["final_test"] or summary["final_losses"] or {}
+    results = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("iteration", "seconds"))
+    print(f"[{summary['label']}] done: {'test' if summary['final_test'] else 'training'} {results} "
           f"at iteration {final.get('iteration')}; summary {Path(args.stage_dir).resolve() / SUMMARY}")
     return 0
 

@@ -1,0 +1,280 @@
+"""Every teacher-student method as Caffe stages: end to end on digits and real
+MNIST, frozen teachers, checked hand-offs, Nets 1-3, loss numerics, resuming."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from scipy.special import log_softmax, softmax
+
+from conftest import REPO, run
+from hintkd import handoff, netgen, plan, train
+
+RUN_STAGES = str(REPO / "run_stages.sh")
+METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
+SCALE = "0.05"
+
+
+def out_with_data(folder, data_dir, dataset="digits"):
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    if not (folder / "data" / dataset).exists():
+        os.symlink(data_dir, folder / "data" / dataset)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def methods_out(tmp_path_factory, digits_data):
+    """One output folder for every method, so the teacher is trained once."""
+    return out_with_data(tmp_path_factory.mktemp("methods"), digits_data)
+
+
+def stage_folders(out, method):
+    (run_dir,) = (out / "digits").glob(f"{method}-resnet14to8-scale{SCALE}")
+    return sorted(p for p in run_dir.iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_end_to_end(methods_out, method):
+    result = run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
+    folders = stage_folders(methods_out, method)
+    for folder in folders:
+        assert train.is_finished(folder), folder
+    nets = [f for f in folders if f.name.startswith("stage2-net")]
+    assert [f.name for f in nets] == ["stage2-net1", "stage2-net2", "stage2-net3"]
+    for k, folder in enumerate(nets, start=1):
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["net"] == k and summary["seed"] == k
+        assert summary["final_test"]["iteration"] == summary["iterations"] == 60
+        assert 0 <= summary["final_test"]["accuracy"] <= 1
+        assert f"{folder}/summary.json" in result.stdout
+    expected_steps = {"proposed": 3, "sl-resnet": 3, "sl-resnet-kd": 3, "kd": 0}.get(method, 1)
+    assert len([f for f in folders if f.name.startswith("stage1")]) == expected_steps
+    if method == "hint-kd":
+        stage1 = json.loads((folders[0] / "summary.json").read_text())
+        assert stage1["hints"] == [["middle", "middle"]] and "hint1" in stage1["final_losses"]
+
+
+def read_teacher_layers(caffemodel):
+    return {name: blobs for name, blobs in handoff.read_caffemodel(caffemodel).items()
+            if name.startswith("teacher/")}
+
+
+@pytest.mark.parametrize("method", ["proposed", "concurrent", "sl-resnet-kd"])
+def test_teacher_is_bit_identical_after_every_stage(methods_out, method):
+    run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
+    (teacher_dir,) = (methods_out / "digits").glob(f"teacher-resnet14-*-scale{SCALE}")
+    reference = read_teacher_layers(teacher_dir / train.FINAL_WEIGHTS)
+    checked = 0
+    for folder in stage_folders(methods_out, method):
+        stage = json.loads((folder / "stage.json").read_text())
+        if "teacher" not in stage["nets"]:
+            continue
+        after = read_teacher_layers(folder / train.FINAL_WEIGHTS)
+        assert after, folder
+        for name, blobs in after.items():
+            for before_blob, after_blob in zip(reference[name], blobs):
+                assert np.array_equal(before_blob, after_blob), (folder.name, name)
+        checked += 1
+    assert checked >= 2
+
+
+@pytest.mark.parametrize("stage_name", ["stage1-step2", "stage2-net1"])
+def test_caffe_runs_no_backward_through_the_teacher(methods_out, caffe, stage_name):
+    """Blob diffs are written only by backward passes: after SGD steps every
+    teacher blob's diff is still zero, while the student's are not."""
+    run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
+    folder = [f for f in stage_folders(methods_out, "proposed") if f.name == stage_name][0]
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        solver = caffe.get_solver("solver.prototxt")
+        handoff.load_initial_weights(solver.net, json.loads((folder / "stage.json").read_text())["init"])
+        solver.step(2)
+    finally:
+        os.chdir(cwd)
+    blobs = solver.net.blobs
+    teacher = [name for name in blobs if name.startswith("teacher/")]
+    assert teacher and all(not blobs[name].diff.any() for name in teacher)
+    assert any(blobs[name].diff.any() for name in blobs if name.startswith("student/"))
+
+
+def test_each_layerwise_step_cuts_the_teacher_at_its_hint(methods_out):
+    run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
+    steps = [f for f in stage_folders(methods_out, "proposed") if f.name.startswith("stage1-step")]
+    for i, folder in enumerate(steps, start=1):
+        text = (folder / "train_val.prototxt").read_text()
+        assert f'top: "teacher/stage{i}/block2"' in text  # ResNet-14 has 2 blocks a stage
+        assert f'"teacher/stage{i + 1}/' not in text and '"teacher/fc"' not in text
+        assert f'top: "student/stage{i}/block1"' in text and f'"student/stage{i + 1}/' not in text
+        stage = json.loads((folder / "stage.json").read_text())
+        loaded = [entry["weights"] for entry in stage["init"]]
+        assert len(loaded) == (1 if i == 1 else 2)
+        if i > 1:
+            assert loaded[1] == str(steps[i - 2] / train.FINAL_WEIGHTS)
+
+
+def test_nets_share_stage1_weights_and_differ_elsewhere(methods_out, caffe):
+    run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
+    folders = [f for f in stage_folders(methods_out, "proposed") if f.name.startswith("stage2-net")]
+    initial = []
+    cwd = os.getcwd()
+    try:
+        for folder in folders[:2]:
+            os.chdir(folder)
+            solver = caffe.get_solver("solver.prototxt")
+            handoff.load_initial_weights(solver.net, json.loads((folder / "stage.json").read_text())["init"])
+            initial.append({name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()})
+    finally:
+        os.chdir(cwd)
+    one, two = initial
+    assert np.array_equal(one["student/stage3/block1/conv_b"][0], two["student/stage3/block1/conv_b"][0])
+    assert np.array_equal(one["teacher/fc"][0], two["teacher/fc"][0])
+    assert not np.array_equal(one["student/fc"][0], two["student/fc"][0])
+
+
+def test_a_layer_missing_from_the_source_stops_the_handoff(methods_out, caffe):
+    run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
+    folder = [f for f in stage_folders(methods_out, "proposed") if f.name == "stage1-step2"][0]
+    init = json.loads((folder / "stage.json").read_text())["init"]
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        solver = caffe.get_solver("solver.prototxt")
+        renamed = [dict(init[1], layers=init[1]["layers"] + ["student/stage2/block1/conv_a"])]
+        with pytest.raises(handoff.HandoffError, match="'student/stage2/block1/conv_a' .* is not in"):
+            handoff.load_initial_weights(solver.net, renamed)
+        absent = [dict(init[1], layers=["student/renamed"])]
+        with pytest.raises(handoff.HandoffError, match="'student/renamed' is to be loaded .* no such layer"):
+            handoff.load_initial_weights(solver.net, absent)
+    finally:
+        os.chdir(cwd)
+
+
+def kd_net(caffe, tmp_path, n, c, tau, tau_squared=False):
+    text = f"""
+layer {{ name: "in" type: "Input" top: "s" top: "t" input_param {{ shape {{ dim: {n} dim: {c} }} shape {{ dim: {n} dim: {c} }} }} }}
+layer {{ name: "kd" type: "Python" bottom: "s" bottom: "t" top: "kd" loss_weight: 1
+  python_param {{ module: "hintkd.caffe_layers" layer: "SoftTargetCrossEntropy"
+                  param_str: '{{"tau": {tau}, "tau_squared": {str(tau_squared).lower()}}}' }}
+  propagate_down: true propagate_down: false }}
+force_backward: true
+"""
+    (tmp_path / "kd.prototxt").write_text(text)
+    return caffe.Net(str(tmp_path / "kd.prototxt"), caffe.TRAIN)
+
+
+def reference_kd(student, teacher, tau):
+    """CE(P_T, P_S), averaged over the batch, and its gradient, in float64 with scipy."""
+    p_t = softmax(teacher / tau, axis=1)
+    loss = -(p_t * log_softmax(student / tau, axis=1)).sum() / len(student)
+    grad = (softmax(student / tau, axis=1) - p_t) / (tau * len(student))
+    return loss, grad
+
+
+@pytest.mark.parametrize("spread", [1.0, 10.0, 1000.0])
+def test_kd_loss_and_gradient_match_a_numpy_reference(caffe, tmp_path, spread):
+    rng = np.random.RandomState(0)
+    student = (rng.randn(16, 10) * spread).astype(np.float32)
+    teacher = (rng.randn(16, 10) * spread).astype(np.float32)
+    student[0, 0], teacher[1, 3] = 1e3, -1e3  # differences of 1e3 inside a row
+    net = kd_net(caffe, tmp_path, 16, 10, tau=3.0)
+    net.blobs["s"].data[...] = student
+    net.blobs["t"].data[...] = teacher
+    loss = net.forward()["kd"]
+    net.backward()
+    expected_loss, expected_grad = reference_kd(student.astype(np.float64), teacher.astype(np.float64), 3.0)
+    assert np.isfinite(loss).all() and np.isfinite(net.blobs["s"].diff).all()
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(net.blobs["s"].diff, expected_grad, rtol=1e-4, atol=1e-9)
+    assert not net.blobs["t"].diff.any()  # the teacher gets no gradient
+
+
+def test_kd_gradient_matches_finite_differences_and_tau_squared_scales(caffe, tmp_path):
+    rng = np.random.RandomState(1)
+    student, teacher = rng.randn(4, 5), rng.randn(4, 5)
+    net = kd_net(caffe, tmp_path, 4, 5, tau=2.0)
+    net.blobs["t"].data[...] = teacher
+    net.blobs["s"].data[...] = student
+    net.forward()
+    net.backward()
+    analytic = net.blobs["s"].diff.copy()
+    eps = 1e-2
+    for i, j in [(0, 0), (2, 3), (3, 4)]:
+        values = []
+        for sign in (1, -1):
+            shifted = student.copy()
+            shifted[i, j] += sign * eps
+            net.blobs["s"].data[...] = shifted
+            values.append(float(net.forward()["kd"]))
+        assert (values[0] - values[1]) / (2 * eps) == pytest.approx(analytic[i, j], rel=1e-2, abs=1e-5)
+    squared = kd_net(caffe, tmp_path, 4, 5, tau=2.0, tau_squared=True)
+    squared.blobs["s"].data[...], squared.blobs["t"].data[...] = student, teacher
+    net.blobs["s"].data[...] = student
+    assert float(squared.forward()["kd"]) == pytest.approx(4 * float(net.forward()["kd"]), rel=1e-6)
+
+
+def test_euclidean_hint_loss_matches_eq1(caffe, tmp_path):
+    rng = np.random.RandomState(2)
+    guided, hint = rng.randn(8, 16, 4, 4) * 1e3, rng.randn(8, 16, 4, 4) * 1e3
+    text = """
+layer { name: "in" type: "Input" top: "g" top: "h" input_param { shape { dim: 8 dim: 16 dim: 4 dim: 4 } shape { dim: 8 dim: 16 dim: 4 dim: 4 } } }
+layer { name: "hint" type: "EuclideanLoss" bottom: "g" bottom: "h" top: "hint" loss_weight: 1 propagate_down: true propagate_down: false }
+force_backward: true
+"""
+    (tmp_path / "hint.prototxt").write_text(text)
+    net = caffe.Net(str(tmp_path / "hint.prototxt"), caffe.TRAIN)
+    net.blobs["g"].data[...], net.blobs["h"].data[...] = guided, hint
+    loss = float(net.forward()["hint"])
+    net.backward()
+    assert loss == pytest.approx(((guided - hint) ** 2).sum() / (2 * 8), rel=1e-5)
+    np.testing.assert_allclose(net.blobs["g"].diff, (guided - hint) / 8, rtol=1e-4)
+    assert np.isfinite(loss)
+
+
+def test_killed_driver_resumes_and_skips_finished_stages(tmp_path, digits_data):
+    out = out_with_data(tmp_path, digits_data)
+    args = [RUN_STAGES, "digits", "14", "8", "proposed", "--scale", "0.3", "--nets", "1", "--out", str(out)]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    step2 = out / "digits" / "proposed-resnet14to8-scale0.3" / "stage1-step2"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if step2.exists() and train.complete_snapshots(step2):
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert train.complete_snapshots(step2) and not train.is_finished(step2)
+    second = run(args)
+    assert "[teacher ResNet-14] finished earlier" in second.stdout
+    assert "[proposed stage1 step 1/3] finished earlier" in second.stdout
+    assert "[proposed stage1 step 2/3] resuming from the snapshot at iteration" in second.stdout
+    assert train.is_finished(step2.parent / "stage2-net1")
+
+
+def test_proposed_on_a_slice_of_real_mnist(tmp_path, mnist_2k):
+    out = out_with_data(tmp_path, mnist_2k, "mnist")
+    run([RUN_STAGES, "mnist", "14", "8", "proposed", "--scale", "0.003", "--nets", "1", "--out", str(out)])
+    (net1,) = out.glob("mnist/proposed-resnet14to8-*/stage2-net1")
+    summary = json.loads((net1 / "summary.json").read_text())
+    assert summary["final_test"]["iteration"] == 108
+    assert summary["kd"] == {"tau": 3, "lambda": 5, "tau_squared": False}
+    assert summary["final_test"]["accuracy"] > 0.5  # 108 iterations of KD on 2,000 real digits
+
+
+def test_unknown_hint_point_and_width_mismatch_are_refused(tmp_path, digits_data):
+    base = dict(dataset="digits", teacher_depth=14, student_depth=8, data_dir=digits_data, out=tmp_path)
+    with pytest.raises(plan.PlanError, match="'stage4' is not a hint point"):
+        plan.plan(plan.RunOptions(method="proposed", hints=[("stage4", "stage4")], **base))
+    with pytest.raises(plan.PlanError, match="use --regressor"):
+        plan.plan(plan.RunOptions(method="hint-kd", teacher_widths=(32, 64, 128), **base))
+    stages = plan.plan(plan.RunOptions(method="hint-kd", teacher_widths=(32, 64, 128), regressor=True, **base))
+    layers = {layer.name: layer for layer in netgen.validate((stages[1] / "train_val.prototxt").read_text()).layer}
+    regressor = layers["student/regressor1"].convolution_param
+    assert (regressor.num_output, regressor.kernel_size[:], regressor.bias_term) == (64, [1], False)
+    assert regressor.weight_filler.type == "gaussian"
+    assert layers["hint1"].bottom[:] == ["student/regressor1", "teacher/stage2/block2"]
