@@ -2,6 +2,7 @@
 MNIST, frozen teachers, checked hand-offs, Nets 1-3, loss numerics, resuming."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ import pytest
 from scipy.special import log_softmax, softmax
 
 from conftest import REPO, run
-from hintkd import handoff, netgen, plan, train
+from hintkd import engine, handoff, netgen, plan, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
@@ -81,24 +82,23 @@ def test_teacher_is_bit_identical_after_every_stage(methods_out, method):
     assert checked >= 2
 
 
+def probe(folder, tmp_path, steps=0):
+    """Blobs and params of a stage after loading its initial weights (and steps)."""
+    out = tmp_path / f"{folder.name}-{steps}.npz"
+    run([engine.SYSTEM_PYTHON, str(REPO / "tests" / "helpers" / "probe_stage.py"), str(folder), str(out), str(steps)])
+    return dict(np.load(out))
+
+
 @pytest.mark.parametrize("stage_name", ["stage1-step2", "stage2-net1"])
-def test_caffe_runs_no_backward_through_the_teacher(methods_out, caffe, stage_name):
+def test_caffe_runs_no_backward_through_the_teacher(methods_out, tmp_path, stage_name):
     """Blob diffs are written only by backward passes: after SGD steps every
     teacher blob's diff is still zero, while the student's are not."""
     run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
     folder = [f for f in stage_folders(methods_out, "proposed") if f.name == stage_name][0]
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        solver = caffe.get_solver("solver.prototxt")
-        handoff.load_initial_weights(solver.net, json.loads((folder / "stage.json").read_text())["init"])
-        solver.step(2)
-    finally:
-        os.chdir(cwd)
-    blobs = solver.net.blobs
-    teacher = [name for name in blobs if name.startswith("teacher/")]
-    assert teacher and all(not blobs[name].diff.any() for name in teacher)
-    assert any(blobs[name].diff.any() for name in blobs if name.startswith("student/"))
+    arrays = probe(folder, tmp_path, steps=2)
+    teacher = [key for key in arrays if key.startswith("diff:teacher/")]
+    assert teacher and all(not arrays[key].any() for key in teacher)
+    assert any(arrays[key].any() for key in arrays if key.startswith("diff:student/"))
 
 
 def test_each_layerwise_step_cuts_the_teacher_at_its_hint(methods_out):
@@ -116,41 +116,32 @@ def test_each_layerwise_step_cuts_the_teacher_at_its_hint(methods_out):
             assert loaded[1] == str(steps[i - 2] / train.FINAL_WEIGHTS)
 
 
-def test_nets_share_stage1_weights_and_differ_elsewhere(methods_out, caffe):
+def test_nets_share_stage1_weights_and_differ_elsewhere(methods_out, tmp_path):
     run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
     folders = [f for f in stage_folders(methods_out, "proposed") if f.name.startswith("stage2-net")]
-    initial = []
-    cwd = os.getcwd()
-    try:
-        for folder in folders[:2]:
-            os.chdir(folder)
-            solver = caffe.get_solver("solver.prototxt")
-            handoff.load_initial_weights(solver.net, json.loads((folder / "stage.json").read_text())["init"])
-            initial.append({name: [b.data.copy() for b in blobs] for name, blobs in solver.net.params.items()})
-    finally:
-        os.chdir(cwd)
-    one, two = initial
-    assert np.array_equal(one["student/stage3/block1/conv_b"][0], two["student/stage3/block1/conv_b"][0])
-    assert np.array_equal(one["teacher/fc"][0], two["teacher/fc"][0])
-    assert not np.array_equal(one["student/fc"][0], two["student/fc"][0])
+    one, two = (probe(folder, tmp_path) for folder in folders[:2])
+    assert np.array_equal(one["param:student/stage3/block1/conv_b:0"], two["param:student/stage3/block1/conv_b:0"])
+    assert np.array_equal(one["param:teacher/fc:0"], two["param:teacher/fc:0"])
+    assert not np.array_equal(one["param:student/fc:0"], two["param:student/fc:0"])
 
 
-def test_a_layer_missing_from_the_source_stops_the_handoff(methods_out, caffe):
+def test_a_layer_missing_from_the_source_stops_the_handoff(methods_out):
     run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
     folder = [f for f in stage_folders(methods_out, "proposed") if f.name == "stage1-step2"][0]
-    init = json.loads((folder / "stage.json").read_text())["init"]
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        solver = caffe.get_solver("solver.prototxt")
-        renamed = [dict(init[1], layers=init[1]["layers"] + ["student/stage2/block1/conv_a"])]
-        with pytest.raises(handoff.HandoffError, match="'student/stage2/block1/conv_a' .* is not in"):
-            handoff.load_initial_weights(solver.net, renamed)
-        absent = [dict(init[1], layers=["student/renamed"])]
-        with pytest.raises(handoff.HandoffError, match="'student/renamed' is to be loaded .* no such layer"):
-            handoff.load_initial_weights(solver.net, absent)
-    finally:
-        os.chdir(cwd)
+    spec = json.loads((folder / "stage.json").read_text())
+    student = spec["init"][1]
+    cases = [(student["layers"] + ["student/stage2/block1/conv_a"],
+              "layer 'student/stage2/block1/conv_a' (1 in all) is not in"),
+             (["student/renamed"], "layer 'student/renamed' is to be loaded")]
+    for layers, message in cases:
+        broken = folder.parent / f"broken-{len(layers)}"
+        shutil.copytree(folder, broken, ignore=shutil.ignore_patterns("snapshots", "*.caffemodel", "summary.json"))
+        spec["init"][1] = dict(student, layers=layers)
+        (broken / "stage.json").write_text(json.dumps(spec))
+        result = run([engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(broken)], check=False)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert not train.is_finished(broken)
+        shutil.rmtree(broken)
 
 
 def kd_net(caffe, tmp_path, n, c, tau, tau_squared=False):
