@@ -3,11 +3,12 @@
 
     analysis/benchmark_stages.py [--teacher 26] [--student 14] [--method proposed] [--rounds 5]
 
-Plans the method's real stage prototxts on CIFAR-size data (the real CIFAR-10
-JPEGs of ../shared when present, else generated images of that size), then times,
-side by side in interleaved rounds, one training iteration (forward + backward)
-of every stage and of the student trained alone, and the teacher's forward pass
-inside each stage (the teacher has no backward pass). Prints medians and ratios.
+Plans the method's real stage prototxts for CIFAR-10, swaps their Data layers
+for an Input layer (with caffe_pb2) holding a batch of 128 real CIFAR-10 images
+from ../shared when present (else generated ones: Caffe's cost does not depend on
+pixel values), then times, side by side in interleaved rounds, one training
+iteration (forward + backward) of every stage and of the student trained alone,
+and the teacher's forward pass inside each stage (it has no backward pass).
 """
 import argparse
 import statistics
@@ -23,22 +24,39 @@ engine.use_system_python()
 
 import numpy as np  # noqa: E402
 
-from hintkd import datasets, lmdb_data, plan  # noqa: E402
+from hintkd import datasets, lmdb_data, netgen, plan  # noqa: E402
 
 SHARED_CIFAR = engine.REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+BATCH = 128  # the paper's CIFAR batch (sec. 3.1)
 
 
 def cifar_size_data(folder, images):
-    """A prepared CIFAR-10-shaped dataset of `images` training images."""
+    """A prepared CIFAR-10-shaped dataset; returns it and where its images came from."""
     if SHARED_CIFAR.exists():
-        data = datasets.load("cifar10", SHARED_CIFAR)
+        data, source = datasets.load("cifar10", SHARED_CIFAR), "real CIFAR-10 images"
     else:
         rng = np.random.RandomState(0)
         data = datasets.Dataset("cifar10", [str(i) for i in range(10)],
                                 rng.randint(0, 256, (images, 3, 32, 32), dtype=np.uint8), rng.randint(0, 10, images),
                                 rng.randint(0, 256, (100, 3, 32, 32), dtype=np.uint8), rng.randint(0, 10, 100))
+        source = "generated 32x32 images"
     lmdb_data.write_dataset(data, datasets.dataset_info("cifar10"), folder, train_limit=images, test_limit=100)
-    return "real CIFAR-10 JPEGs" if SHARED_CIFAR.exists() else "generated 32x32 images"
+    return data, source
+
+
+def with_input_layer(train_val, shape):
+    """The same net reading Input blobs: one process may open an LMDB for one net only."""
+    from google.protobuf import text_format
+    net = netgen.validate(train_val.read_text())
+    layers = [layer for layer in net.layer if layer.type != "Data"]
+    del net.layer[:]
+    data = net.layer.add(name="data", type="Input", top=["data", "label"])
+    data.input_param.shape.add(dim=shape)
+    data.input_param.shape.add(dim=shape[:1])
+    net.layer.extend(layers)
+    path = train_val.with_name("benchmark.prototxt")
+    path.write_text(text_format.MessageToString(net))
+    return path
 
 
 def layer_span(net, prefix):
@@ -59,7 +77,9 @@ def main(argv=None):
     caffe.set_mode_cpu()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        source = cifar_size_data(tmp / "data", 512)
+        data, source = cifar_size_data(tmp / "data", BATCH)
+        images = data.train_images[:BATCH].astype(np.float32) - np.float32(128)
+        labels = data.train_labels[:BATCH].astype(np.float32)
         stages = []
         for method in ("student", args.method):
             opts = plan.RunOptions("cifar10", args.teacher, args.student, method, tmp / "data", tmp / "runs", nets=1)
@@ -67,7 +87,10 @@ def main(argv=None):
         nets = {}
         for stage in stages:
             label = "student alone" if stage.name.startswith("student-") else stage.name
-            nets[label] = caffe.Net(str(stage / "train_val.prototxt"), caffe.TRAIN)
+            net = caffe.Net(str(with_input_layer(stage / "train_val.prototxt", [BATCH, 3, 32, 32])), caffe.TRAIN)
+            net.blobs["data"].data[...] = images
+            net.blobs["label"].data[...] = labels
+            nets[label] = net
         times = {label: [] for label in nets}
         teacher_times = {label: [] for label in nets if layer_span(nets[label], "teacher/")}
         for _ in range(args.rounds):
