@@ -71,6 +71,5 @@ for stage in "${stages[@]}"; do
   fi
 done
 
-# 5. Where the results are.
-echo "summaries:"
-for stage in "${stages[@]}"; do echo "  $stage/summary.json"; done
+# 5. One summary for the run, and where every result is.
+PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.summary "${stages[@]}"

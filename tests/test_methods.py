@@ -51,6 +51,11 @@ def test_every_method_runs_end_to_end(methods_out, method):
         assert summary["final_test"]["iteration"] == summary["iterations"] == 60
         assert 0 <= summary["final_test"]["accuracy"] <= 1
         assert f"{folder}/summary.json" in result.stdout
+    run_summary = json.loads((folders[0].parent / "run.json").read_text())
+    assert f"run summary: {folders[0].parent / 'run.json'}" in result.stdout
+    assert run_summary["method"] == method and len(run_summary["nets"]["final_accuracy"]) == 3
+    assert run_summary["nets"]["mean"] == pytest.approx(np.mean(run_summary["nets"]["final_accuracy"]))
+    assert [s["folder"] for s in run_summary["stages"][-3:]] == [str(f) for f in nets]
     expected_steps = {"proposed": 3, "sl-resnet": 3, "sl-resnet-kd": 3, "kd": 0}.get(method, 1)
     assert len([f for f in folders if f.name.startswith("stage1")]) == expected_steps
     if method == "hint-kd":
