@@ -16,11 +16,12 @@ class HandoffError(Exception):
 
 def read_caffemodel(path):
     """{layer name: [numpy arrays]} of a caffemodel, read with caffe_pb2."""
+    from google.protobuf.message import DecodeError
     param = engine.caffe_pb2().NetParameter()
     try:
         with open(path, "rb") as f:
             param.ParseFromString(f.read())
-    except (OSError, Exception) as e:  # protobuf raises its own DecodeError
+    except (OSError, DecodeError) as e:
         raise HandoffError(f"cannot read weights {path}: {e}") from None
     layers = param.layer or param.layers
     return {layer.name: [np.asarray(b.data, dtype=np.float32) for b in layer.blobs]

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from hintkd import caffelog, engine, handoff
+from hintkd import caffelog, engine, handoff, netgen
 from hintkd.atomic import write_json
 
 SNAPSHOT_PREFIX = "snapshots/net"
@@ -54,7 +54,7 @@ def take_snapshot(solver, stage_dir):
     it = solver.iter
     marker = Path(stage_dir) / "snapshots" / f"net_iter_{it}.complete"
     marker.write_text(f"{it}\n")
-    for old_it, state in complete_snapshots(stage_dir)[:-KEEP_SNAPSHOTS]:
+    for _, state in complete_snapshots(stage_dir)[:-KEEP_SNAPSHOTS]:
         for suffix in (".complete", ".caffemodel", ".solverstate"):
             state.with_suffix(suffix).unlink(missing_ok=True)
 
@@ -127,9 +127,7 @@ def train(stage_dir, gpu=None, out=sys.stdout):
         print(f"[{label}] finished earlier: {stage_dir / SUMMARY}", file=out)
         return json.loads((stage_dir / SUMMARY).read_text())
     caffe = engine.import_caffe(quiet=False)
-    solver_param = engine.caffe_pb2().SolverParameter()
-    from google.protobuf import text_format
-    text_format.Parse((stage_dir / "solver.prototxt").read_text(), solver_param)
+    solver_param = netgen.validate((stage_dir / "solver.prototxt").read_text(), "SolverParameter")
 
     os.chdir(stage_dir)  # the solver's net and snapshot paths are relative to the stage
     (stage_dir / "snapshots").mkdir(exist_ok=True)
