@@ -114,12 +114,13 @@ class DataSpec:
     input_shape: list = None
 
     @classmethod
-    def from_manifest(cls, folder, batch_size, test_batch_at_most=100):
+    def from_manifest(cls, folder, schedule_values):
+        """The data of a prepared folder, batched as a schedule() says."""
         folder = Path(folder).resolve()
         m = json.loads((folder / "manifest.json").read_text())
-        test_batch = max(d for d in range(1, min(test_batch_at_most, m["test_count"]) + 1)
+        test_batch = max(d for d in range(1, min(schedule_values["test_batch_at_most"], m["test_count"]) + 1)
                          if m["test_count"] % d == 0)
-        return cls(str(folder / "train_lmdb"), str(folder / "test_lmdb"), batch_size, test_batch,
+        return cls(str(folder / "train_lmdb"), str(folder / "test_lmdb"), schedule_values["batch_size"], test_batch,
                    m["image_size"] if m["train_pad"] else 0, m["mirror"], m["mean"], m["scale"],
                    m["test_count"], m["num_classes"])
 

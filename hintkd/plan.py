@@ -142,7 +142,7 @@ class Planner:
                              bn_moving_average_fraction=netgen.bn_fraction_for(self.opts.scale))
 
     def data(self, sched):
-        return netgen.DataSpec.from_manifest(self.opts.data_dir, sched["batch_size"], sched["test_batch_at_most"])
+        return netgen.DataSpec.from_manifest(self.opts.data_dir, sched)
 
     def iterations(self, entry):
         values = entry["iterations"]
@@ -225,8 +225,8 @@ class Planner:
             student = self.net("student", upto=student_cut)
             heads = []
             for i in indices:
-                hint_blob = self.net("teacher").blocks[blocks[i][0] - 1]
-                guided_blob = self.net("student").blocks[blocks[i][1] - 1]
+                hint_blob = teacher_ref.blocks[blocks[i][0] - 1]
+                guided_blob = student_ref.blocks[blocks[i][1] - 1]
                 extra = {"hint": hint_blob.name, "guided": guided_blob.name, "regressor": None}
                 if hint_blob.width != guided_blob.width or self.opts.regressor:
                     if not self.opts.regressor:

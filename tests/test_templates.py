@@ -38,7 +38,7 @@ def test_every_depth_and_dataset_builds_as_a_caffe_net(caffe, tmp_path, dataset,
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_solver_and_lmdb_net_parse_and_build(caffe, digits_data, tmp_path, dataset):
     sched = netgen.schedule(dataset, "scratch")
-    data = netgen.DataSpec.from_manifest(digits_data, sched["batch_size"])
+    data = netgen.DataSpec.from_manifest(digits_data, sched)
     solver = netgen.render_solver("train_val.prototxt", sched, data, 1, "snapshots/net")
     parsed = text_format.Parse(solver, engine.caffe_pb2().SolverParameter())
     assert (parsed.base_lr, parsed.momentum, parsed.weight_decay) == pytest.approx((0.1, 0.9, 0.0001))
