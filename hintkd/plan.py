@@ -171,7 +171,7 @@ class Planner:
 
     def add(self, folder, spec, nets, heads, sched, name):
         data = self.data(sched)
-        spec = {**spec, "dataset": self.opts.dataset, "method": self.opts.method, "scale": self.opts.scale,
+        spec = {"method": self.opts.method, **spec, "dataset": self.opts.dataset, "scale": self.opts.scale,
                 "nets": {n.role: {"depth": n.depth, "widths": list(n.widths), "shortcut": n.shortcut,
                                   "frozen": n.frozen, "blocks": len(n.blocks)} for n in nets},
                 "snapshot_every": sched["snapshot"], "tests": bool(sched["test_interval"])}
@@ -190,7 +190,8 @@ class Planner:
             folder = folder.with_name(folder.name + f"-seed{self.opts.seed}")
         net = self.net(role)
         sched = netgen.schedule(self.opts.dataset, "scratch", self.opts.scale)
-        self.add(folder, {"label": f"{role} ResNet-{net.depth}", "stage": "alone", "trains": role,
+        # A net trained alone is shared by every method that needs it: it belongs to its role.
+        self.add(folder, {"label": f"{role} ResNet-{net.depth}", "stage": "alone", "trains": role, "method": role,
                           "seed": self.opts.seed, "init": []},
                  [net], [netgen.Head("cross_entropy", "loss", logits=net.logits)], sched, self.opts.net_id(role))
         self.finished[entry["name"]] = (folder, None)

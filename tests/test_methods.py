@@ -262,6 +262,15 @@ def test_proposed_on_a_slice_of_real_mnist(tmp_path, mnist_2k):
     assert summary["final_test"]["accuracy"] > 0.5  # 108 iterations of KD on 2,000 real digits
 
 
+def test_an_unfinished_teacher_is_shared_by_every_method(tmp_path, digits_data):
+    """A teacher planned (and perhaps interrupted) for one method is the same stage for the next."""
+    base = dict(dataset="digits", teacher_depth=14, student_depth=8, data_dir=digits_data, out=tmp_path)
+    first = plan.plan(plan.RunOptions(method="proposed", **base))[0]
+    second = plan.plan(plan.RunOptions(method="kd", **base))[0]
+    assert first == second and not train.is_finished(first)
+    assert json.loads((first / "stage.json").read_text())["method"] == "teacher"
+
+
 def test_unknown_hint_point_and_width_mismatch_are_refused(tmp_path, digits_data):
     base = dict(dataset="digits", teacher_depth=14, student_depth=8, data_dir=digits_data, out=tmp_path)
     with pytest.raises(plan.PlanError, match="'stage4' is not a hint point"):
