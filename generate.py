@@ -19,24 +19,6 @@ engine.use_system_python()
 from hintkd import datasets, netgen, plan  # noqa: E402
 
 
-def widths(text):
-    try:
-        values = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"widths are three numbers like 16,32,64, got '{text}'") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"widths are three numbers like 16,32,64, got '{text}'")
-    return values
-
-
-def floats(text):
-    return [float(v) for v in text.split(",")]
-
-
-def ints(text):
-    return [int(v) for v in text.split(",")]
-
-
 def scale_of(args):
     return netgen.quick_scale() if args.quick else args.scale
 
@@ -49,7 +31,7 @@ def add_schedule_options(p):
 def add_net_options(p):
     p.add_argument("--dataset", required=True)
     p.add_argument("--depth", type=int, required=True, help="6n+2: 8, 14, 20, 26, 32, ...")
-    p.add_argument("--widths", type=widths, help="filters of the three stages (default: the dataset's)")
+    p.add_argument("--widths", type=plan.widths, help="filters of the three stages (default: the dataset's)")
     p.add_argument("--shortcut", choices=netgen.SHORTCUTS, default="projection")
     p.add_argument("--role", default="student", help="the prefix of every layer name")
 
@@ -108,28 +90,7 @@ def main(argv=None):
     add_net_options(p)
 
     p = sub.add_parser("plan", help="write every stage folder of a method")
-    p.add_argument("dataset")
-    p.add_argument("teacher_depth", type=int)
-    p.add_argument("student_depth", type=int)
-    p.add_argument("method")
-    p.add_argument("--data", required=True, help="prepared dataset folder")
-    p.add_argument("--out", required=True, help="where runs go")
-    p.add_argument("--teacher-widths", type=widths)
-    p.add_argument("--student-widths", type=widths)
-    p.add_argument("--shortcut", choices=netgen.SHORTCUTS, default="projection")
-    p.add_argument("--seed", type=int, default=1, help="seed of Stage 1 and Net 1; Net k uses seed + k - 1")
-    p.add_argument("--nets", type=int, default=3, help="Stage 2 runs once per net (paper: Nets 1-3)")
-    p.add_argument("--hints", type=plan.parse_hints,
-                   help="hint/guided points, T[:S] each: stage1..3, middle, last, blockK (N = their count)")
-    p.add_argument("--hint-weights", type=floats, help="a_i of eq. 7 (default: equal)")
-    p.add_argument("--step-iterations", type=ints, help="iterations of each layer-wise step")
-    p.add_argument("--tau", type=float, help="softening factor (default 3, sec. 2.1)")
-    p.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 5, sec. 3.1)")
-    p.add_argument("--tau-squared", action="store_const", const=True,
-                   help="multiply the KD term by tau^2 (Hinton et al.; not in the paper)")
-    p.add_argument("--regressor", action="store_true",
-                   help="a 1x1 convolutional regressor on each guided layer to the teacher's width (Tables 5-6)")
-    add_schedule_options(p)
+    plan.add_run_arguments(p)
 
     args = parser.parse_args(argv)
     try:
@@ -146,11 +107,7 @@ def main(argv=None):
             args.deploy, args.data = True, None
             print(netgen.count_learned_params(standalone_net(args, data_spec(args))))
         elif args.command == "plan":
-            opts = plan.RunOptions(args.dataset, args.teacher_depth, args.student_depth, args.method,
-                                   Path(args.data), Path(args.out), args.teacher_widths, args.student_widths,
-                                   args.shortcut, scale_of(args), args.seed, args.nets, args.hints,
-                                   args.hint_weights, args.tau, args.kd_lambda, args.tau_squared, args.regressor,
-                                   args.step_iterations)
+            opts = plan.options_from_args(args)
             for folder in plan.plan(opts):
                 print(folder)
     except (netgen.GenerateError, plan.PlanError, datasets.DataError, engine.EngineError) as e:

@@ -3,13 +3,15 @@
 #
 #   ./run_stages.sh DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD [options]
 #   ./run_stages.sh cifar10 26 14 proposed
+#   ./run_stages.sh reproduce TARGET [options]   a table or figure of the paper
+#                                                (analysis/reproduce.py --help)
 #
 # Methods: solvers/methods.json. Options:
 #   --cpu | --gpu N       device (default: CPU)
 #   --quick               every iteration count scaled down for a smoke run
 #   --scale F             every iteration count of the paper times F
 #   --source PATH         dataset archive or folder on disk (default: download)
-#   --out DIR             where data and runs go (default: ./runs)
+#   --out DIR             where data and runs go (default: $HINTKD_OUT or ./runs)
 #   --seed N              the weight-initialisation seed (default: 1)
 #   --nets K              Stage 2 runs per method (default: 3, the paper's Nets 1-3)
 #   --teacher-widths A,B,C / --student-widths A,B,C / --shortcut projection|zero_pad
@@ -27,14 +29,19 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 die() { echo "run_stages.sh: error: $*" >&2; exit 1; }
 
 [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] && usage
+if [ "${1:-}" = reproduce ]; then  # one table or figure: its runs through this script, then the report
+  shift
+  "$ROOT/engine/install_caffe.sh" >/dev/null
+  exec "$PYTHON" "$ROOT/analysis/reproduce.py" "$@"
+fi
 [ $# -ge 4 ] || { echo "run_stages.sh: expected DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD" >&2; usage 2; }
 dataset=$1 teacher_depth=$2 student_depth=$3 method=$4
 shift 4
-out=runs source="" device=() plan_options=()
+out=${HINTKD_OUT:-runs} source="" device=() plan_options=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) device=() ;;
-    --gpu) [ $# -ge 2 ] || die "--gpu needs a device number"; device=(--gpu "$2"); shift ;;
+    --gpu) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--gpu needs a device number"; device=(--gpu "$2"); shift ;;
     --quick|--regressor|--tau-squared) plan_options+=("$1") ;;
     --source) [ $# -ge 2 ] || die "--source needs a path"; source=$2; shift ;;
     --out) [ $# -ge 2 ] || die "--out needs a folder"; out=$2; shift ;;
@@ -46,7 +53,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# 1. Caffe, built once per machine into a shared prefix.
+# 1. Caffe, built once per machine into a shared prefix: the CUDA build for a GPU.
+[ ${#device[@]} -gt 0 ] && export HINTKD_CAFFE_VARIANT=cuda
 "$ROOT/engine/install_caffe.sh" >/dev/null
 
 # 2. One driver per output folder.

@@ -3,18 +3,29 @@
 # versioned prefix outside the repository, so that every clone shares one build.
 #
 #   engine/install_caffe.sh                 install the CPU build if missing
+#   engine/install_caffe.sh --cuda          install the CUDA build if missing
 #   engine/install_caffe.sh --print-prefix  print where the build lives (or will)
 #   engine/install_caffe.sh --check         exit 0 when installed, 1 otherwise
+#   engine/install_caffe.sh --runtime       only the Debian packages a build needs to run
+#                                           (an image that copies the build in)
 #
 # Environment:
+#   HINTKD_CAFFE_VARIANT  cpu or cuda: the variant when no --cpu/--cuda is given
 #   HINTKD_CACHE          where builds go (default ~/.cache/hintkd)
 #   HINTKD_CAFFE_SDIST    a local brocolli-caffe-9.0.2.tar.gz (skips the download)
 #   HINTKD_JOBS           parallel make jobs (default: number of cores)
+#   HINTKD_CUDA_ARCH      CUDA: SM versions to compile for (default "70 75 80 86 90");
+#                         the last also gets PTX, for GPUs newer than the list
+#   CUDA_HOME             CUDA: a complete toolkit (nvcc, cuBLAS, cuRAND) to use; else
+#                         the one on PATH if complete; else Debian's non-free
+#                         nvidia-cuda-toolkit 11.8, installed by this script
 #
-# The prefix name carries a hash of the recipe (Makefile.config, patches/, the
-# pinned source, the variant, BUILD_RECIPE), so a changed recipe builds anew and never overwrites an
-# older build. A build is assembled in a temporary folder and renamed into place
-# only after its smoke test passes: an interrupted build never looks installed.
+# The prefix name carries the variant and a hash of the recipe (Makefile.config,
+# patches/, the pinned source, the variant, the CUDA toolkit and architectures,
+# BUILD_RECIPE), so a changed recipe builds anew and the CPU and CUDA builds never
+# overwrite each other. A build is assembled in a temporary folder and renamed
+# into place only after its smoke test passes: an interrupted build never looks
+# installed.
 set -euo pipefail
 
 ENGINE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,21 +46,98 @@ BUILD_PACKAGES="build-essential dpkg-dev python3-pip libboost-system-dev libboos
   libopenblas-dev python3-dev"
 RUNTIME_PACKAGES="python3 python3-numpy python3-protobuf python3-skimage python3-scipy
   python3-lmdb python3-six python3-jinja2 python3-matplotlib python3-sklearn python3-pytest"
+# The shared libraries a finished build loads (ldd of libcaffe, _caffe.so, caffe),
+# for a machine or image that runs a build made elsewhere (--runtime).
+RUNTIME_LIBRARIES="libboost-filesystem1.74.0 libboost-python1.74.0 libboost-thread1.74.0
+  libboost-regex1.74.0 libboost-system1.74.0 libgflags2.2 libgoogle-glog0v6 libhdf5-103-1
+  libhdf5-hl-100 liblmdb0 libopenblas0-pthread libprotobuf32 libpython3.11"
+CUDA_RUNTIME_LIBRARIES="libcudart11.0 libcublas11 libcublaslt11 libcurand10"
 
-variant=cpu
+variant=${HINTKD_CAFFE_VARIANT:-cpu}
 action=install
 for arg in "$@"; do
   case "$arg" in
+    --cpu) variant=cpu ;;
+    --cuda) variant=cuda ;;
     --print-prefix) action=print ;;
+    --runtime) action=runtime ;;
     --check) action=check ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "install_caffe.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
 
+case "$variant" in
+  cpu|cuda) ;;
+  *) echo "install_caffe.sh: HINTKD_CAFFE_VARIANT must be cpu or cuda, got '$variant'" >&2; exit 2 ;;
+esac
+
+say() { echo "[install_caffe] $*" >&2; }
+
+# --- CUDA: which toolkit, which code -------------------------------------------
+# Debian 12's non-free nvidia-cuda-toolkit keeps nvcc here; its headers and
+# libraries sit on the default paths (CUDA_DIR := /usr breaks libstdc++'s
+# #include_next, caffe-facts.md).
+DEBIAN_CUDA_DIR=/usr/lib/nvidia-cuda-toolkit
+DEBIAN_CUDA_PACKAGES="nvidia-cuda-toolkit nvidia-cuda-dev"
+CUDA_ARCH_LIST=${HINTKD_CUDA_ARCH:-70 75 80 86 90}
+
+# A toolkit counts only with cuBLAS and cuRAND beside nvcc (a bare nvcc does
+# not build Caffe), and below CUDA 13, which removed the cudaDeviceProp fields
+# Caffe's DeviceQuery reads. Prints the directory, or fails with the reason.
+complete_cuda() {
+  local dir=$1 lib version
+  [ -x "$dir/bin/nvcc" ] || { echo "no $dir/bin/nvcc"; return 1; }
+  for header in cublas_v2.h curand.h; do
+    [ -f "$dir/include/$header" ] || { echo "$dir has nvcc but no $header (cuBLAS/cuRAND missing)"; return 1; }
+  done
+  for lib in cublas curand; do
+    compgen -G "$dir/lib64/lib$lib.so*" >/dev/null || compgen -G "$dir/lib/lib$lib.so*" >/dev/null ||
+      { echo "$dir has nvcc but no lib$lib"; return 1; }
+  done
+  version=$("$dir/bin/nvcc" --version | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1.\2/p')
+  [ "${version%%.*}" -lt 13 ] 2>/dev/null ||
+    { echo "$dir has CUDA $version; Caffe's DeviceQuery needs CUDA 12 or older"; return 1; }
+  echo "$dir"
+}
+
+# CUDA_HOME, then the nvcc on PATH, then Debian's toolkit (installed if missing).
+choose_cuda() {
+  local candidates=() dir reason
+  [ -n "${CUDA_HOME:-}" ] && candidates+=("$CUDA_HOME")
+  command -v nvcc >/dev/null && candidates+=("$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")")
+  for dir in "${candidates[@]}"; do
+    case "$dir" in /usr|"$DEBIAN_CUDA_DIR") continue ;; esac  # Debian's own: chosen below
+    if reason=$(complete_cuda "$dir"); then echo "$reason"; return; fi
+    say "not using the CUDA toolkit at $dir: $reason" >&2
+  done
+  echo "$DEBIAN_CUDA_DIR"
+}
+
+cuda_arch_flags() {
+  local sm flags="" last
+  for sm in $CUDA_ARCH_LIST; do
+    [[ $sm =~ ^[0-9]+$ ]] || { say "HINTKD_CUDA_ARCH: '$sm' is not an SM version like 86"; exit 2; }
+    flags+=" -gencode arch=compute_$sm,code=sm_$sm"; last=$sm
+  done
+  [ -n "$flags" ] || { say "HINTKD_CUDA_ARCH is empty"; exit 2; }
+  echo "${flags# } -gencode arch=compute_$last,code=compute_$last"
+}
+
+has_nccl() {
+  [ -f "$1/include/nccl.h" ] || [ -f /usr/include/nccl.h ]
+}
+
 cache=${HINTKD_CACHE:-$HOME/.cache/hintkd}
+cuda_recipe=""
+if [ "$variant" = cuda ]; then
+  cuda_dir=$(choose_cuda)
+  cuda_arch=$(cuda_arch_flags)
+  cuda_recipe="cuda $cuda_dir $cuda_arch"
+fi
+# The CPU recipe text is unchanged from BUILD_RECIPE 2 (its prefix keeps its name).
 recipe_hash=$(cat "$ENGINE_DIR/Makefile.config" "$ENGINE_DIR"/patches/*.patch <(echo "$CAFFE_SDIST_NAME $CAFFE_SDIST_VERSION \
-  $CAFFE_SDIST_SHA256 $variant $EXTRA_LAYERS $BUILD_RECIPE") | sha256sum | cut -c1-10)
+  $CAFFE_SDIST_SHA256 $variant $EXTRA_LAYERS $BUILD_RECIPE") <(echo -n "$cuda_recipe") | sha256sum | cut -c1-10)
 prefix="$cache/caffe-$CAFFE_SDIST_VERSION-$variant-$recipe_hash"
 
 case "$action" in
@@ -57,29 +145,45 @@ case "$action" in
   check) [ -f "$prefix/BUILD-INFO.json" ]; exit $? ;;
 esac
 
-say() { echo "[install_caffe] $*" >&2; }
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo -n "$@"
+  else
+    say "needs root (or sudo) for: $*"
+    exit 1
+  fi
+}
+
+missing_packages() {
+  local pkg
+  for pkg in "$@"; do
+    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || echo "$pkg"
+  done
+}
 
 install_debian_packages() {
-  local missing=() pkg
-  for pkg in $BUILD_PACKAGES $RUNTIME_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
-      missing+=("$pkg")
-  done
+  local missing
+  mapfile -t missing < <(missing_packages "$@")
   [ ${#missing[@]} -eq 0 ] && return 0
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-      sudo="sudo -n"
-    else
-      say "missing Debian packages and no root or sudo to install them:"
-      say "  apt-get install ${missing[*]}"
-      exit 1
-    fi
-  fi
   say "installing ${#missing[@]} Debian packages: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+}
+
+# Debian's CUDA toolkit lives in the non-free component, off by default.
+enable_debian_non_free() {
+  [[ $(apt-cache policy nvidia-cuda-toolkit 2>/dev/null) == *"Candidate: "[0-9]* ]] && return 0
+  say "enabling Debian's contrib and non-free components for nvidia-cuda-toolkit"
+  local codename; codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  as_root tee /etc/apt/sources.list.d/hintkd-non-free.sources >/dev/null <<SOURCES
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: $codename $codename-updates
+Components: contrib non-free
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+  as_root apt-get update -qq
 }
 
 fetch_source() {
@@ -121,7 +225,18 @@ build() {
   say "building Caffe ($variant) with $jobs jobs; full log: $log"
   # Progress: one counter line over the compile steps make reports.
   local status=0
-  make -C "$tree" -j"$jobs" all pycaffe CPU_ONLY=1 2>&1 | tee "$log" |
+  local device_flags=(CPU_ONLY=1)
+  if [ "$variant" = cuda ]; then
+    device_flags=(CPU_ONLY= "CUDA_DIR=$cuda_dir" "CUDA_ARCH=$cuda_arch")
+    # nvcc runs ptxas, nvlink and fatbinary from PATH: the chosen toolkit's go first
+    # (Debian's sit in /usr/bin; another CUDA's in /usr/local/bin must not win).
+    local tools="$cuda_dir/bin"
+    [ "$cuda_dir" = "$DEBIAN_CUDA_DIR" ] && tools+=":/usr/bin"
+    export PATH="$tools:$PATH"
+    has_nccl "$cuda_dir" && device_flags+=(USE_NCCL=1)
+    total=$(( total + $(find "$tree/src/caffe" -name '*.cu' ! -name 'test_*' | wc -l) ))
+  fi
+  make -C "$tree" -j"$jobs" all pycaffe "${device_flags[@]}" 2>&1 | tee "$log" |
     awk -v total="$total" '/^(CXX|NVCC|LD|AR|PROTOC)/ { n++; printf "\r[install_caffe] %d/~%d build steps", n, total > "/dev/stderr"; fflush("/dev/stderr") }
                            END { print "" > "/dev/stderr" }' || status=$?
   if [ "$status" -ne 0 ]; then
@@ -147,11 +262,35 @@ assemble() {
   cat > "$stage/BUILD-INFO.json" <<JSON
 {"source": "$CAFFE_SDIST_NAME==$CAFFE_SDIST_VERSION", "sha256": "$CAFFE_SDIST_SHA256",
  "variant": "$variant", "recipe": "$recipe_hash", "python": "/usr/bin/python3",
+ "cuda_dir": "${cuda_dir:-}", "cuda_arch": "${cuda_arch:-}",
  "built": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
 }
 
-install_debian_packages
+# What running a build needs; a no-op (no root needed) when it is all there.
+install_runtime_packages() {
+  # shellcheck disable=SC2086  # word lists
+  install_debian_packages $RUNTIME_PACKAGES $RUNTIME_LIBRARIES
+  if [ "$variant" = cuda ] && [ "$cuda_dir" = "$DEBIAN_CUDA_DIR" ] &&
+     [ -n "$(missing_packages $CUDA_RUNTIME_LIBRARIES)" ]; then
+    enable_debian_non_free
+    install_debian_packages $CUDA_RUNTIME_LIBRARIES
+  fi
+}
+
+if [ "$action" = runtime ] || [ -f "$prefix/BUILD-INFO.json" ]; then
+  install_runtime_packages
+  [ "$action" = runtime ] || echo "$prefix"
+  exit 0
+fi
+install_runtime_packages
+# shellcheck disable=SC2086
+install_debian_packages $BUILD_PACKAGES
+if [ "$variant" = cuda ] && [ "$cuda_dir" = "$DEBIAN_CUDA_DIR" ] &&
+   [ -n "$(missing_packages $DEBIAN_CUDA_PACKAGES)" ]; then
+  enable_debian_non_free
+  install_debian_packages $DEBIAN_CUDA_PACKAGES
+fi
 mkdir -p "$cache/src"
 exec 9>"$cache/install.lock"
 flock 9   # a second installer waits here, then finds the finished build

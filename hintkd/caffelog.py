@@ -15,6 +15,7 @@ iterations after its last snapshot) replaces the earlier one.
 import datetime
 import gzip
 import re
+import zlib
 
 # glog before 0.6 writes I1122 06:35:10.123456; glog 0.6 adds the year: I20261122.
 GLOG_PREFIX = re.compile(r"^[IWEF](\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+\d+\s+\S+\]\s?(.*)$")
@@ -104,6 +105,19 @@ class LogParser:
             self._start = t
         return round((t - self._start).total_seconds(), 6)
 
+    def check_completeness(self):
+        """Warns about test passes that lack outputs the other passes have (a cut-off log)."""
+        passes = [set(r) for r in self.test.values()]
+        names = set().union(*passes) if passes else set()
+        for it in sorted(self.test):
+            missing = names - set(self.test[it])
+            if missing:
+                self.warnings.append(f"test pass at iteration {it} is incomplete (no {', '.join(sorted(missing))}); "
+                                     + ("it is left out" if len(self.test[it]) <= 2 else "its other outputs are kept"))
+        if self.train and not self.done:
+            self.warnings.append(f"no 'Optimization Done': the log ends at iteration {max(self.train)} "
+                                 "(still running, stopped, or truncated)")
+
     def train_records(self):
         return [self.train[i] for i in sorted(self.train)]
 
@@ -113,11 +127,16 @@ class LogParser:
 
 
 def parse_file(path):
+    """Parses a log, plain or .gz; a damaged file gives what could be read and a warning."""
     opener = gzip.open if str(path).endswith(".gz") else open
     parser = LogParser()
-    with opener(path, "rt", errors="replace") as f:
-        for line in f:
-            parser.feed(line)
+    try:
+        with opener(path, "rt", errors="replace") as f:
+            for line in f:
+                parser.feed(line)
+    except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz
+        parser.warnings.append(f"{path}: stopped reading after line {parser._line_number}: {e}")
+    parser.check_completeness()
     return parser
 
 
@@ -129,9 +148,14 @@ def accuracy_name(records):
 
 
 def final_and_best(test_records, metric=None):
-    """The last test record with the accuracy (or `metric`), and the one with its highest value."""
+    """The last test record with the accuracy (or `metric`), and the one with its highest value.
+
+    The best is taken after iteration 0: the test of the untrained net says nothing of
+    training (one real log scores 0.999 there, with the loss at Caffe's clamp of 87.3).
+    """
     metric = metric or accuracy_name(test_records)
     scored = [r for r in test_records if metric in r]
     if not scored:
         return None, None
-    return scored[-1], max(scored, key=lambda r: (r[metric], r["iteration"]))
+    trained = [r for r in scored if r["iteration"] > 0] or scored
+    return scored[-1], max(trained, key=lambda r: (r[metric], r["iteration"]))

@@ -4,7 +4,9 @@ Nobody sets PYTHONPATH or LD_LIBRARY_PATH: the prefix comes from the install
 script itself (one place computes it), its python/ folder goes on sys.path, and
 the libraries are found through the rpaths the Caffe Makefile writes.
 """
+import ctypes
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -30,11 +32,17 @@ def use_system_python():
 
 @functools.lru_cache(maxsize=None)
 def caffe_prefix():
+    """The build in use: HINTKD_CAFFE_PREFIX, else the install script's prefix for
+    HINTKD_CAFFE_VARIANT (cpu by default; run_stages.sh --gpu sets cuda)."""
     if os.environ.get("HINTKD_CAFFE_PREFIX"):
         return Path(os.environ["HINTKD_CAFFE_PREFIX"])
     out = subprocess.run(["bash", str(INSTALL_SCRIPT), "--print-prefix"],
                          check=True, capture_output=True, text=True)
     return Path(out.stdout.strip())
+
+
+def build_info():
+    return json.loads((caffe_prefix() / "BUILD-INFO.json").read_text())
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,3 +65,29 @@ def import_caffe(quiet=True):
 
 def caffe_pb2():
     return import_caffe().proto.caffe_pb2
+
+
+def check_gpu(device):
+    """Raises EngineError, in CUDA's words, when GPU `device` cannot be used.
+
+    Caffe itself aborts the process on a failed CUDA check (a glog CHECK), so the
+    device is asked for through the CUDA runtime Caffe loaded, before Caffe is.
+    """
+    import_caffe()
+    if build_info().get("variant") != "cuda":
+        raise EngineError(f"the Caffe build at {caffe_prefix()} is CPU-only; GPUs need the CUDA build "
+                          f"(HINTKD_CAFFE_VARIANT=cuda {INSTALL_SCRIPT} --cuda; run_stages.sh --gpu does this)")
+    with open("/proc/self/maps") as maps:
+        cudart = next((line.split()[-1] for line in maps if "/libcudart.so" in line), None)
+    if cudart is None:
+        raise EngineError("pycaffe is loaded but the CUDA runtime it links is not: the build is broken")
+    runtime = ctypes.CDLL(cudart)
+    runtime.cudaGetErrorString.restype = ctypes.c_char_p
+    count = ctypes.c_int(0)
+    error = runtime.cudaGetDeviceCount(ctypes.byref(count))
+    if error:
+        reason = runtime.cudaGetErrorString(error).decode()
+        raise EngineError(f"GPU {device} was asked for, but CUDA reports: {reason} (cudaGetDeviceCount error "
+                          f"{error}); run without --gpu to train on the CPU")
+    if not 0 <= device < count.value:
+        raise EngineError(f"GPU {device} was asked for, but CUDA sees {count.value} GPU(s): 0..{count.value - 1}")

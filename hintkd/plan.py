@@ -10,6 +10,7 @@ run with the same settings, and runs at different scales never share a folder:
     OUT/DATASET/proposed-resnet26to14/stage1-step2/         Stage 1, step 2 of 3
     OUT/DATASET/proposed-resnet26to14/stage2-net3/          Stage 2 of Net 3
 """
+import argparse
 import hashlib
 import json
 import re
@@ -129,12 +130,22 @@ def param_layers(text):
 
 
 class Planner:
-    def __init__(self, opts):
+    """Plans a method's stages; with write=False it only lists them (a dry run)."""
+
+    def __init__(self, opts, write=True):
         self.opts = opts
-        self.manifest = json.loads((Path(opts.data_dir) / "manifest.json").read_text())
+        self.write = write
+        manifest = Path(opts.data_dir) / "manifest.json"
+        if manifest.exists():
+            self.manifest = json.loads(manifest.read_text())
+        elif not write and datasets.dataset_info(opts.dataset).get("num_classes"):
+            self.manifest = {"num_classes": datasets.dataset_info(opts.dataset)["num_classes"]}
+        else:
+            raise PlanError(f"no prepared dataset at {opts.data_dir}: run data_prep/prepare.py {opts.dataset} first")
         self.run_dir = Path(opts.out) / opts.dataset / opts.run_id()
         self.finished = {}   # stage name -> (folder, student blocks it trained)
         self.stages = []
+        self.iterations_of = {}  # stage folder -> its max_iter
 
     def net(self, role, frozen=False, upto=None):
         return netgen.ResNet(role, self.opts.depth(role), self.opts.widths(role), self.manifest["num_classes"],
@@ -170,6 +181,10 @@ class Planner:
         return [self.inherit(folder / train.FINAL_WEIGHTS, "student", blocks)]
 
     def add(self, folder, spec, nets, heads, sched, name):
+        self.stages.append(folder)
+        self.iterations_of[folder] = sched["max_iter"]
+        if not self.write:
+            return
         data = self.data(sched)
         spec = {"method": self.opts.method, **spec, "dataset": self.opts.dataset, "scale": self.opts.scale,
                 "nets": {n.role: {"depth": n.depth, "widths": list(n.widths), "shortcut": n.shortcut,
@@ -179,7 +194,6 @@ class Planner:
         solver = netgen.render_solver("train_val.prototxt", sched, data, spec["seed"], train.SNAPSHOT_PREFIX,
                                       comment=f"{spec['label']}, scale {self.opts.scale:g}")
         _write_stage(folder, spec, text, solver)
-        self.stages.append(folder)
 
     # --- stage kinds -------------------------------------------------------
 
@@ -309,15 +323,85 @@ class Planner:
                 "tau_squared": self.opts.tau_squared if self.opts.tau_squared is not None else d["tau_squared"]}
 
 
-def plan(opts):
+def plan(opts, write=True):
     """Writes every stage folder of opts.method; returns them in training order."""
-    planner = Planner(opts)
+    return _planned(opts, write).stages
+
+
+def progress(opts):
+    """[(stage folder, iterations done, max_iter)] of a method, in training order; writes nothing."""
+    planner = _planned(opts, write=False)
+    rows = []
+    for folder in planner.stages:
+        total = planner.iterations_of[folder]
+        snapshots = train.complete_snapshots(folder)
+        done = total if train.is_finished(folder) else (snapshots[-1][0] if snapshots else 0)
+        rows.append((folder, done, total))
+    return rows
+
+
+def _planned(opts, write):
+    planner = Planner(opts, write)
     for entry in method_table()[opts.method]["stages"]:
         kind = getattr(planner, entry["kind"], None)
         if kind is None or entry["kind"].startswith("_"):
             raise PlanError(f"method '{opts.method}': stage '{entry['name']}' has unknown kind '{entry['kind']}'")
         kind(entry)
-    return planner.stages
+    return planner
+
+
+def add_run_arguments(parser):
+    """The options of one run, shared by generate.py plan and the reproduction."""
+    parser.add_argument("dataset")
+    parser.add_argument("teacher_depth", type=int)
+    parser.add_argument("student_depth", type=int)
+    parser.add_argument("method")
+    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--out", required=True, help="where runs go")
+    parser.add_argument("--teacher-widths", type=widths)
+    parser.add_argument("--student-widths", type=widths)
+    parser.add_argument("--shortcut", choices=netgen.SHORTCUTS, default="projection")
+    parser.add_argument("--seed", type=int, default=1, help="seed of Stage 1 and Net 1; Net k uses seed + k - 1")
+    parser.add_argument("--nets", type=int, default=3, help="Stage 2 runs once per net (paper: Nets 1-3)")
+    parser.add_argument("--hints", type=parse_hints,
+                        help="hint/guided points, T[:S] each: stage1..3, middle, last, blockK (N = their count)")
+    parser.add_argument("--hint-weights", type=_numbers(float), help="a_i of eq. 7 (default: equal)")
+    parser.add_argument("--step-iterations", type=_numbers(int), help="iterations of each layer-wise step")
+    parser.add_argument("--tau", type=float, help="softening factor (default 3, sec. 2.1)")
+    parser.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 5, sec. 3.1)")
+    parser.add_argument("--tau-squared", action="store_const", const=True,
+                        help="multiply the KD term by tau^2 (Hinton et al.; not in the paper)")
+    parser.add_argument("--regressor", action="store_true",
+                        help="a 1x1 convolutional regressor on each guided layer to the teacher's width (Tables 5-6)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count of the paper by F")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: --scale from solvers/schedules.json")
+
+
+def options_from_args(args):
+    return RunOptions(args.dataset, args.teacher_depth, args.student_depth, args.method,
+                      Path(args.data), Path(args.out), args.teacher_widths, args.student_widths,
+                      args.shortcut, netgen.quick_scale() if args.quick else args.scale, args.seed, args.nets,
+                      args.hints, args.hint_weights, args.tau, args.kd_lambda, args.tau_squared, args.regressor,
+                      args.step_iterations)
+
+
+def widths(text):
+    try:
+        values = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"widths are three numbers like 16,32,64, got '{text}'")
+    return values
+
+
+def _numbers(kind):
+    def parse(text):
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{text}'") from None
+    return parse
 
 
 def _write_stage(folder, spec, net_text, solver_text):

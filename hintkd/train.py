@@ -127,6 +127,8 @@ def train(stage_dir, gpu=None, out=sys.stdout):
         print(f"[{label}] finished earlier: {stage_dir / SUMMARY}", file=out)
         return json.loads((stage_dir / SUMMARY).read_text())
     caffe = engine.import_caffe(quiet=False)
+    if gpu is not None:
+        engine.check_gpu(gpu)
     solver_param = netgen.validate((stage_dir / "solver.prototxt").read_text(), "SolverParameter")
 
     os.chdir(stage_dir)  # the solver's net and snapshot paths are relative to the stage

@@ -134,3 +134,20 @@ def read_lmdb(folder, split):
 
 def manifest(folder):
     return json.loads((Path(folder) / lmdb_data.MANIFEST).read_text())
+
+
+SCALE = "0.05"  # the method tests' schedule: 60 iterations a digits stage
+
+
+def out_with_data(folder, data_dir, dataset="digits"):
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    if not (folder / "data" / dataset).exists():
+        os.symlink(data_dir, folder / "data" / dataset)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def methods_out(tmp_path_factory, digits_data):
+    """One output folder for every method run on digits (ResNet-14 -> 8), so the teacher
+    is trained once; the report tests read the same runs."""
+    return out_with_data(tmp_path_factory.mktemp("methods"), digits_data)

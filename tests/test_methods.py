@@ -11,25 +11,11 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
-from conftest import REPO, run
+from conftest import REPO, SCALE, out_with_data, run
 from hintkd import engine, handoff, netgen, plan, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
-SCALE = "0.05"
-
-
-def out_with_data(folder, data_dir, dataset="digits"):
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    if not (folder / "data" / dataset).exists():
-        os.symlink(data_dir, folder / "data" / dataset)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def methods_out(tmp_path_factory, digits_data):
-    """One output folder for every method, so the teacher is trained once."""
-    return out_with_data(tmp_path_factory.mktemp("methods"), digits_data)
 
 
 def stage_folders(out, method):

@@ -1,0 +1,102 @@
+#!/usr/bin/python3
+"""Reproduces one table or figure of the paper: runs what is not finished, then builds it.
+
+    ./run_stages.sh reproduce TARGET [options]       (or analysis/reproduce.py TARGET ...)
+    ./run_stages.sh reproduce table1 --dry-run       the runs, which are done, what is left
+    ./run_stages.sh reproduce table3 --dataset digits --quick
+
+TARGET: table1..table6, figure4, figure5, figure7..figure10 (analysis/paper_results.json).
+Files go to OUT/reports/TARGET-DATASET-resnetTtoS[-scaleF]/: table.md, table.csv and
+table.tex for tables; table.md, table.csv, figure.png and figure.pdf for figures.
+Runs at different scales live in different folders and never meet in one table.
+"""
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from hintkd import engine  # noqa: E402
+
+engine.use_system_python()
+
+from hintkd import netgen, plan, report  # noqa: E402
+
+
+def depths(text):
+    try:
+        teacher, student = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--depths takes TEACHER,STUDENT like 14,8, got '{text}'") from None
+    return teacher, student
+
+
+def dry_run(study):
+    """Prints every run with its stages' progress; returns the iterations still to go."""
+    print(f"{study.name}: {study.spec['title']}")
+    print(f"  {study.describe()}; runs under {study.out}")
+    seen, to_go = set(), 0
+    for method in study.methods():
+        stages = study.progress(method)
+        done = sum(d for _, d, _ in stages)
+        total = sum(t for _, _, t in stages)
+        state = "done" if done == total else ("started" if done else "to do")
+        folder = stages[0][0] if len(stages) == 1 else stages[-1][0].parent
+        print(f"  {method:<13} {state:<8} {done:>8}/{total:<8} iterations  {folder}")
+        for folder, d, t in stages:
+            if folder not in seen:
+                seen.add(folder)
+                to_go += t - d
+    print(f"  iterations still to go: {to_go} (a stage shared by several runs, such as the teacher, counted once)")
+    return to_go
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("target", help=", ".join(report.targets()))
+    ap.add_argument("--dry-run", action="store_true", help="list the runs and what is left; train nothing")
+    ap.add_argument("--report-only", action="store_true", help="build the table or figure from what is finished")
+    ap.add_argument("--dataset", help="another dataset than the paper's (e.g. digits); the paper's numbers stay "
+                                      "beside ours, labelled as another setting")
+    ap.add_argument("--depths", type=depths, help="TEACHER,STUDENT depths instead of the paper's")
+    ap.add_argument("--out", default="runs", help="where data, runs and reports go (default ./runs)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count of the paper by F")
+    ap.add_argument("--quick", action="store_true", help="--scale from solvers/schedules.json (a smoke run)")
+    ap.add_argument("--nets", type=int, default=report.NET_COLUMNS, help="Stage 2 nets per method (paper: 3)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--source", help="dataset archive or folder on disk (passed to run_stages.sh)")
+    device = ap.add_mutually_exclusive_group()
+    device.add_argument("--cpu", action="store_true", help="train on the CPU (the default)")
+    device.add_argument("--gpu", type=int, metavar="N", help="train on GPU N")
+    args = ap.parse_args(argv)
+    try:
+        study = report.Study(args.target, Path(args.out), args.dataset, args.depths,
+                             netgen.quick_scale() if args.quick else args.scale, args.nets, args.seed)
+        if args.dry_run:
+            dry_run(study)
+            return 0
+        if not args.report_only:
+            for method in study.methods():
+                if all(d == t for _, d, t in study.progress(method)):
+                    print(f"[reproduce {study.name}] {method}: finished earlier")
+                    continue
+                command = [str(ROOT / "run_stages.sh"), *study.run_arguments(method), "--out", str(study.out)]
+                command += ["--source", args.source] if args.source else []
+                command += ["--gpu", str(args.gpu)] if args.gpu is not None else []
+                print(f"[reproduce {study.name}] {method}: {' '.join(command)}", flush=True)
+                if subprocess.run(command).returncode != 0:
+                    print(f"reproduce.py: error: the {method} run failed; the table is not built "
+                          "(--report-only builds it from what is finished)", file=sys.stderr)
+                    return 1
+        folder, text = report.build(study)
+    except (report.ReportError, plan.PlanError, netgen.GenerateError) as e:
+        print(f"reproduce.py: error: {e}", file=sys.stderr)
+        return 1
+    print(text)
+    print(f"[reproduce {study.name}] files: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,418 @@
+"""The paper's tables and figures, rebuilt from finished runs beside the paper's numbers.
+
+A target of analysis/paper_results.json (table1..table6, figure4..figure10) names
+its runs; a Study says where they are (output folder, dataset, depths, scale,
+nets). Every cell comes from a stage's summary.json: the accuracy at the last
+iteration, as the paper reports it; the best test accuracy of a run appears
+only in its own, labelled column. A cell whose run is missing or unfinished
+says so and holds no number.
+"""
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hintkd import caffelog, plan, train
+from hintkd.atomic import write_text
+
+PAPER = Path(__file__).resolve().parent.parent / "analysis" / "paper_results.json"
+NET_COLUMNS = 3  # the paper's Net 1, Net 2, Net 3
+
+
+class ReportError(Exception):
+    """An unknown target or options that give no study; the message says which."""
+
+
+def targets():
+    table = json.loads(PAPER.read_text())
+    table.pop("_about")
+    return table
+
+
+def target(name):
+    table = targets()
+    if name not in table:
+        raise ReportError(f"unknown target '{name}' (known: {', '.join(table)})")
+    return table[name]
+
+
+@dataclass
+class Study:
+    """Which runs a target reads: the paper's settings unless overridden."""
+    name: str
+    out: Path = Path("runs")
+    dataset: str = None
+    depths: tuple = None
+    scale: float = 1.0
+    nets: int = NET_COLUMNS
+    seed: int = 1
+    spec: dict = field(init=False)
+
+    def __post_init__(self):
+        self.spec = target(self.name)
+        self.out = Path(self.out).resolve()
+        self.dataset = self.dataset or self.spec["dataset"]
+        self.depths = tuple(self.depths or (self.spec["teacher_depth"], self.spec["student_depth"]))
+
+    def methods(self):
+        """Every method the target reads, the reference nets included, in row order."""
+        names = [row["method"] for row in self.spec["rows"]] + [r["method"] for r in self.spec.get("reference", [])]
+        return list(dict.fromkeys(names))
+
+    def run_arguments(self, method):
+        """run_stages.sh's arguments for one method of this study."""
+        return [self.dataset, str(self.depths[0]), str(self.depths[1]), method, *self.spec.get("options", []),
+                "--scale", f"{self.scale:g}", "--nets", str(self.nets), "--seed", str(self.seed)]
+
+    def options(self, method):
+        parser = plan.argparse.ArgumentParser()
+        plan.add_run_arguments(parser)
+        args = parser.parse_args(self.run_arguments(method) + ["--data", str(self.out / "data" / self.dataset),
+                                                               "--out", str(self.out)])
+        return plan.options_from_args(args)
+
+    def progress(self, method):
+        """[(stage folder, iterations done, max_iter)] of one method."""
+        return plan.progress(self.options(method))
+
+    def describe(self):
+        paper = f"paper: {self.spec['dataset']}, ResNet-{self.spec['teacher_depth']} -> ResNet-{self.spec['student_depth']}"
+        ours = f"ours: {self.dataset}, ResNet-{self.depths[0]} -> ResNet-{self.depths[1]}, scale {self.scale:g}"
+        return f"{ours} ({paper})" if self.differs() else ours
+
+    def differs(self):
+        return (self.dataset, self.depths) != (self.spec["dataset"], (self.spec["teacher_depth"],
+                                                                      self.spec["student_depth"]))
+
+    def folder_name(self):
+        name = f"{self.name}-{self.dataset}-resnet{self.depths[0]}to{self.depths[1]}"
+        return name + (f"-scale{self.scale:g}" if self.scale != 1 else "")
+
+
+# --- results -----------------------------------------------------------------
+
+@dataclass
+class Cell:
+    """One net's result: a value, or a status that says why there is none."""
+    final: float = None
+    best: float = None
+    status: str = "missing"
+    summary: dict = None
+
+    def text(self, value=None):
+        value = self.final if value is None else value
+        return f"{value:.2f}" if self.status == "done" else self.status
+
+
+def metric_value(accuracy, metric):
+    """An accuracy (0-1) as the paper prints it: P_c in %, or P_e = 100 - P_c."""
+    return 100 * accuracy if metric == "Pc" else 100 - 100 * accuracy
+
+
+def net_cells(study, method):
+    """The results of a method's nets (Net 1..K for a teacher-student method, one for a net alone)."""
+    stages = study.progress(method)
+    per_net = [s for s in stages if s[0].name.startswith("stage2-net")]
+    nets = per_net or stages[-1:]
+    started = any(done for _, done, _ in stages)
+    cells = []
+    for folder, done, total in nets:
+        summary_path = folder / train.SUMMARY
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            if summary.get("scale") not in (None, study.scale):
+                raise ReportError(f"{folder} was trained at scale {summary['scale']}, not {study.scale}")
+            final, best = summary.get("final_test"), summary.get("best_test")
+            name = caffelog.accuracy_name([final] if final else [])
+            if not name:
+                cells.append(Cell(status="no test result"))
+                continue
+            cells.append(Cell(metric_value(final[name], study.spec["metric"]),
+                              metric_value(best[name], study.spec["metric"]), "done", summary))
+        elif started:
+            cells.append(Cell(status=f"unfinished ({done}/{total} it.)" if done else "unfinished"))
+        else:
+            cells.append(Cell(status="missing"))
+    return cells
+
+
+def stats(values):
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclass
+class Row:
+    label: str
+    method: str
+    cells: list
+    paper: list  # [Net 1, Net 2, Net 3, Avg.] or [Avg.] or None
+
+    @property
+    def alone(self):
+        """One net trained alone (teacher, student), not Nets 1-3 of a method."""
+        return all(stage["kind"] == "alone" for stage in plan.method_table()[self.method]["stages"])
+
+    def complete(self):
+        return bool(self.cells) and all(c.status == "done" for c in self.cells)
+
+    def mean_std(self, which="final"):
+        """Mean and std over nets, only when every net is done (never over a partial set)."""
+        if not self.complete():
+            return None, None
+        return stats([getattr(c, which) for c in self.cells])
+
+    def paper_avg(self):
+        return self.paper[-1] if self.paper else None
+
+
+def collect(study):
+    rows = []
+    for row in study.spec["rows"]:
+        paper = row.get("paper")
+        rows.append(Row(row["label"], row["method"], net_cells(study, row["method"]),
+                        paper if isinstance(paper, list) else ([paper] if paper is not None else None)))
+    reference = [Row(r["label"], r["method"], net_cells(study, r["method"]), [r["paper"]])
+                 for r in study.spec.get("reference", [])]
+    return rows, reference
+
+
+# --- tables ------------------------------------------------------------------
+
+def _number(value, digits=2):
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(study, rows):
+    """Header and body as text cells: ours / paper per net, averages, difference, std, best."""
+    header = ["Method"] + [f"Net {k}" for k in range(1, NET_COLUMNS + 1)] + \
+             ["Avg.", "Paper Avg.", "Diff.", "Std.", "Best-iteration Avg."]
+    body = []
+    for row in rows:
+        nets = []
+        for k in range(NET_COLUMNS):
+            ours = row.cells[k].text() if k < len(row.cells) else ("-" if row.alone else "not run (--nets)")
+            paper = row.paper[k] if row.paper and len(row.paper) == NET_COLUMNS + 1 else None
+            nets.append(ours if paper is None else f"{ours} / {paper:g}")
+        mean, std = row.mean_std()
+        best, _ = row.mean_std("best")
+        status = "" if row.complete() else _status(row.cells)
+        diff = mean - row.paper_avg() if mean is not None and row.paper_avg() is not None else None
+        body.append([row.label] + nets + [_number(mean) or status, _paper(row.paper_avg()),
+                                          "" if diff is None else f"{diff:+.2f}", _number(std), _number(best)])
+    return header, body
+
+
+def _paper(value):
+    """A paper number as the paper prints it (0.506, 91.7)."""
+    return "" if value is None else f"{value:g}"
+
+
+def _status(cells):
+    statuses = {c.status for c in cells if c.status != "done"}
+    return ", ".join(sorted(statuses))
+
+
+def reference_rows(reference):
+    body = []
+    for row in reference:
+        cell = row.cells[0] if row.cells else Cell()
+        body.append([row.label, cell.text(), _paper(row.paper_avg())])
+    return ["Reference net (trained alone)", "Ours", "Paper"], body
+
+
+def notes(study):
+    metric = "P_c (%), accuracy" if study.spec["metric"] == "Pc" else "P_e (%), error rate = 100 - P_c"
+    lines = [f"{study.spec['title']}",
+             f"Source: {study.spec['source']}. {study.describe()}.",
+             f"Metric: {metric}, at the last iteration of each run, as in the paper. Net cells: ours / paper. "
+             "Diff. = our Avg. - paper Avg.; Std. = sample standard deviation over our nets. "
+             "Best-iteration Avg. is the mean of each net's best test value at any iteration after 0: "
+             "not the paper's measure, shown for reference only."]
+    if study.differs():
+        lines.append("Our runs use another dataset or other depths than the paper's: the paper's numbers are "
+                     "shown for orientation, not as a target.")
+    return lines
+
+
+def markdown(study, rows, reference):
+    def table(header, body):
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+    parts = [f"### {notes(study)[0]}", ""] + [line + "  " for line in notes(study)[1:]] + [""]
+    parts += table(*table_rows(study, rows))
+    if reference:
+        parts += [""] + table(*reference_rows(reference))
+    return "\n".join(parts) + "\n"
+
+
+def csv_text(study, rows, reference):
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["target", "dataset", "scale", "metric", "method", "label", "net", "ours_final", "ours_best",
+                     "paper", "status"])
+    for kind, group in (("row", rows), ("reference", reference)):
+        for row in group:
+            for k, cell in enumerate(row.cells, start=1):
+                paper = row.paper[k - 1] if row.paper and len(row.paper) == NET_COLUMNS + 1 and k <= NET_COLUMNS \
+                    else (row.paper[0] if kind == "reference" and row.paper else None)
+                writer.writerow([study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method,
+                                 row.label, k if kind == "row" else "alone", _number(cell.final, 4),
+                                 _number(cell.best, 4), "" if paper is None else paper, cell.status])
+            if kind == "row":
+                mean, std = row.mean_std()
+                best, _ = row.mean_std("best")
+                writer.writerow([study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method,
+                                 row.label, "avg", _number(mean, 4), _number(best, 4),
+                                 "" if row.paper_avg() is None else row.paper_avg(),
+                                 "done" if row.complete() else _status(row.cells)])
+                writer.writerow([study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method,
+                                 row.label, "std", _number(std, 4), "", "", "done" if row.complete() else
+                                 _status(row.cells)])
+    return out.getvalue()
+
+
+def latex(study, rows, reference):
+    def escape(text):
+        return str(text).replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%") \
+            .replace("_", r"\_").replace("#", r"\#").replace("+", "$^{+}$").replace("->", r"$\to$")
+    header, body = table_rows(study, rows)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(notes(study)[0])}. {escape(study.describe())}}}",
+             r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\hline",
+             " & ".join(escape(h) for h in header) + r" \\", r"\hline"]
+    lines += [" & ".join(escape(c) for c in cells) + r" \\" for cells in body]
+    lines.append(r"\hline")
+    if reference:
+        ref_header, ref_body = reference_rows(reference)
+        lines += [rf"\multicolumn{{{len(header)}}}{{l}}{{{escape(ref_header[0])}: ours / paper}} \\"]
+        lines += [rf"\multicolumn{{{len(header)}}}{{l}}{{{escape(c[0])}: {escape(c[1])} / {escape(c[2])}}} \\"
+                  for c in ref_body]
+        lines.append(r"\hline")
+    lines += [r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- figures -----------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def bar_figure(study, rows, reference):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4.2))
+    ylabel = "P_c (%)" if study.spec["metric"] == "Pc" else "P_e (%)"
+    values = []
+    for x, row in enumerate(rows):
+        mean, std = row.mean_std()
+        if mean is not None:
+            ax.bar(x, mean, yerr=std or 0, color=f"C{x}", capsize=4, label="ours (mean over nets)" if x == 0 else None)
+            ax.text(x, mean, f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
+            values.append(mean)
+        else:
+            ax.text(x, 0.5, _status(row.cells) or "missing", ha="center", va="bottom", rotation=90,
+                    fontsize=8, transform=ax.get_xaxis_transform())
+        if row.paper_avg() is not None:
+            ax.plot([x - 0.4, x + 0.4], [row.paper_avg()] * 2, "k--", lw=2,
+                    label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
+            values.append(row.paper_avg())
+    ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=20, ha="right", fontsize=9)
+    ax.set_ylabel(ylabel)
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.5, (high - low) * 0.5)
+        ax.set_ylim(max(0, low - pad), min(100, high + pad) if study.spec["metric"] == "Pc" else high + pad)
+    ax.set_title(f"{study.spec['title']}\n{study.describe()}", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def curve_figure(study, rows, reference):
+    """Figure 4: Stage 2 test accuracy and loss over iterations (Net 1 of each method)."""
+    plt = _pyplot()
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, row in enumerate(rows):
+        cell = next((c for c in row.cells if c.status == "done"), None)
+        if cell is None:
+            acc_ax.plot([], [], color=f"C{i}", label=f"{row.label}: {_status(row.cells) or 'missing'}")
+            continue
+        tests = caffelog.parse_file(cell.summary["log"]).test_records()
+        name = caffelog.accuracy_name(tests)
+        its = [r["iteration"] for r in tests if name in r]
+        acc_ax.plot(its, [100 * r[name] for r in tests if name in r], color=f"C{i}", label=row.label)
+        if any("loss" in r for r in tests):
+            loss_ax.plot([r["iteration"] for r in tests if "loss" in r], [r["loss"] for r in tests if "loss" in r],
+                         color=f"C{i}", label=row.label)
+        if row.paper_avg() is not None:
+            acc_ax.axhline(row.paper_avg(), color=f"C{i}", ls=":", label=f"paper: {row.label} {row.paper_avg():.2f}")
+    for ref in reference:
+        acc_ax.axhline(ref.paper_avg(), color="k", ls="--", lw=1, label=f"paper: {ref.label} {ref.paper_avg():.2f}")
+    acc_ax.set(xlabel="iteration", ylabel="test accuracy P_c (%)", title="Test accuracy (cases 3-5)")
+    loss_ax.set(xlabel="iteration", ylabel="test cross-entropy loss", title="Test loss (cases 1-2)")
+    acc_ax.legend(fontsize=7, loc="lower right")
+    if loss_ax.get_legend_handles_labels()[0]:
+        loss_ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{study.spec['title']}\n{study.describe()}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def hint_loss_figure(study, rows, reference):
+    """Figure 9: each hint loss over its training, normalized per hint by the larger of the two curves."""
+    plt = _pyplot()
+    curves = {}  # (method, hint number) -> (iterations, losses)
+    for row in rows:
+        for folder, done, total in study.progress(row.method):
+            if not folder.name.startswith("stage1") or not (folder / "caffe.log").exists():
+                continue
+            records = caffelog.parse_file(folder / "caffe.log").train_records()
+            for key in sorted({k for r in records for k in r if k.startswith("hint")}):
+                points = [(r["iteration"], r[key]) for r in records if key in r]
+                curves[(row.method, int(key[4:]))] = ([p[0] for p in points], [p[1] for p in points])
+    hints = sorted({h for _, h in curves}) or [1, 2, 3]
+    fig, axes = plt.subplots(1, len(hints), figsize=(4 * len(hints), 3.8), squeeze=False)
+    for ax, hint in zip(axes[0], hints):
+        scale = max([max(curves[(r.method, hint)][1]) for r in rows if (r.method, hint) in curves] or [1]) or 1
+        for row, style in zip(rows, ("--", "-")):
+            if (row.method, hint) in curves:
+                its, losses = curves[(row.method, hint)]
+                ax.plot(its, [v / scale for v in losses], style, label=row.label)
+            else:
+                ax.plot([], [], style, label=f"{row.label}: {_status(row.cells) or 'missing'}")
+        ax.set(xlabel="iteration of its step or stage", ylabel="normalized hint loss", title=f"loss {hint}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.spec['title']}\n{study.describe()}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {"bars": bar_figure, "curves": curve_figure, "hint_losses": hint_loss_figure}
+
+
+def build(study):
+    """Writes the target's files under OUT/reports/; returns (folder, markdown text or None)."""
+    rows, reference = collect(study)
+    folder = study.out / "reports" / study.folder_name()
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = study.spec["kind"]
+    text = markdown(study, rows, reference)
+    write_text(folder / "table.md", text)
+    write_text(folder / "table.csv", csv_text(study, rows, reference))
+    if kind == "table":
+        write_text(folder / "table.tex", latex(study, rows, reference))
+    else:
+        fig = FIGURES[kind](study, rows, reference)
+        for suffix in ("png", "pdf"):
+            tmp = folder / f".figure.tmp.{suffix}"
+            fig.savefig(tmp, dpi=120, format=suffix)
+            tmp.replace(folder / f"figure.{suffix}")
+        _pyplot().close(fig)
+    return folder, text

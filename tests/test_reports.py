@@ -1,0 +1,193 @@
+"""Logs into records and CSVs; finished runs into the paper's tables and figures."""
+import csv
+import gzip
+import json
+import statistics
+
+import pytest
+
+from conftest import REPO, SCALE, SHARED, run
+from hintkd import caffelog
+
+LOGS = SHARED / "data" / "caffe-logs"
+PARSE_LOG = str(REPO / "analysis" / "parse_log.py")
+RUN_STAGES = str(REPO / "run_stages.sh")
+DIGITS = ["--dataset", "digits", "--depths", "14,8", "--scale", SCALE]
+
+
+def parse_log(*args, **kwargs):
+    return run(["/usr/bin/python3", PARSE_LOG, *map(str, args)], **kwargs)
+
+
+# --- logs ----------------------------------------------------------------------
+
+# Read by hand from the files (zcat | grep): test points, final and best test accuracy.
+EXTERNAL = [
+    ("resnet-20__2016-08-14_00-25-56.log.gz", 65, 641, (64000, 0.917031), (60000, 0.918594)),
+    ("resnet-20__2018-10-19_01-43-18.log.gz", 65, 641, (64000, 0.914), (59000, 0.9142)),
+    ("resnet-32__2018-10-19_01-44-03.log.gz", 65, 641, (64000, 0.9248), (62000, 0.9255)),
+    # Its test at iteration 0 prints Accuracy = 0.999 with the loss at Caffe's clamp (87.25): not the best.
+    ("resnet-56__2018-10-23_12-27-50.log.gz", 65, 65, (64000, 0.9285), (63000, 0.9286)),
+]
+
+
+@pytest.mark.parametrize("name,tests,trains,final,best", EXTERNAL)
+def test_parse_log_reads_the_external_logs(tmp_path, name, tests, trains, final, best):
+    result = parse_log(LOGS / name, "--json", "--out-dir", tmp_path)
+    report = json.loads(result.stdout)
+    assert (report["test_points"], report["train_points"], report["done"]) == (tests, trains, True)
+    assert (report["final"]["iteration"], report["final"]["accuracy"]) == final
+    assert (report["best"]["iteration"], report["best"]["accuracy"]) == best
+    assert report["accuracy_name"] == "Accuracy" and not report["warnings"] and result.stderr == ""
+    assert len(report["test"]) == tests and report["test"][-1]["iteration"] == 64000
+    assert all("loss" in r and "Accuracy" in r for r in report["test"])
+    base = name[:-3]
+    with open(tmp_path / f"{base}.test") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:3] == ["NumIters", "Seconds", "LearningRate"] and len(rows) == tests
+    assert (tmp_path / f"{base}.train").exists()
+
+
+def test_caffe_csv_rows_match_the_log_lines():
+    """resnet-20 2018: lines read by hand (first line at 01:43:19.041349)."""
+    parse_log(LOGS / "resnet-20__2018-10-19_01-43-18.log.gz", "--out-dir", "/tmp/hintkd-csv-check")
+    test_rows = {r["NumIters"]: r for r in csv.DictReader(open("/tmp/hintkd-csv-check/"
+                                                                "resnet-20__2018-10-19_01-43-18.log.test"))}
+    # 03:33:52.174854 Test net output #0: Accuracy = 0.8228; the lr printed before it was 0.1.
+    assert test_rows["32000"] == {"NumIters": "32000", "Seconds": "6633.133505", "LearningRate": "0.1",
+                                  "Accuracy": "0.8228", "loss": "0.655593"}
+    train_rows = {r["NumIters"]: r for r in csv.DictReader(open("/tmp/hintkd-csv-check/"
+                                                                 "resnet-20__2018-10-19_01-43-18.log.train"))}
+    assert train_rows["32000"]["LearningRate"] == "0.01" and train_rows["100"]["Seconds"] == "27.399009"
+
+
+def test_a_truncated_gzip_log_gives_what_it_holds_and_a_warning(tmp_path):
+    data = (LOGS / "resnet-20__2016-08-14_00-25-56.log.gz").read_bytes()
+    cut = tmp_path / "cut.log.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    result = parse_log(cut, "--json")
+    report = json.loads(result.stdout)
+    assert 0 < report["test_points"] < 65 and report["done"] is False
+    assert "warning" in result.stderr and ("stopped reading" in result.stderr or "Optimization Done" in result.stderr)
+    full = {r["iteration"]: r for r in caffelog.parse_file(LOGS / "resnet-20__2016-08-14_00-25-56.log.gz").test_records()}
+    for record in report["test"]:  # what was read is exact, never invented
+        assert record == pytest.approx(full[record["iteration"]])
+
+
+def test_a_log_cut_inside_a_test_pass_and_garbage_lines(tmp_path):
+    text = gzip.open(LOGS / "resnet-32__2018-10-19_01-44-03.log.gz", "rt").read().splitlines()
+    last_test = max(i for i, line in enumerate(text) if "Testing net" in line and "Iteration 20000," in line)
+    cut_at = next(i for i in range(last_test, len(text)) if "Test net output #0" in text[i]) + 1
+    damaged = text[:100] + ["\x00\x00 binary junk", "I1019 02:00:00.000000 1 solver.cpp:1] Iteration x, loss = y",
+                            "I1019 02:00:00.000000 1 solver.cpp:397]     Test net output #0: Accuracy = not-a-number"] \
+        + text[100:cut_at]
+    log = tmp_path / "damaged.log"
+    log.write_text("\n".join(damaged) + "\n")
+    result = parse_log(log, "--json", "--no-csv")
+    report = json.loads(result.stdout)
+    assert report["test"][-1]["iteration"] == 20000 and "loss" not in report["test"][-1]
+    assert "incomplete" in result.stderr and "cannot read" in result.stderr
+    assert report["final"]["iteration"] == 20000
+    assert not list(tmp_path.glob("*.test"))
+
+
+def test_not_a_log_and_a_missing_file(tmp_path):
+    empty = tmp_path / "notes.txt"
+    empty.write_text("hello\n")
+    result = parse_log(empty, "--no-csv")
+    assert result.returncode == 0 and "no training or test records" in result.stderr
+    missing = parse_log(tmp_path / "nope.log", check=False)
+    assert missing.returncode == 1 and "no such log file" in missing.stderr
+
+
+def test_our_own_logs_parse_with_every_output_by_name(methods_out):
+    run([RUN_STAGES, "digits", "14", "8", "concurrent", "--scale", SCALE, "--out", str(methods_out)])
+    (stage1,) = (methods_out / "digits").glob(f"concurrent-resnet14to8-scale{SCALE}/stage1")
+    report = json.loads(parse_log(stage1 / "caffe.log", "--json", "--no-csv").stdout)
+    with_outputs = [r for r in report["train"] if "hint1" in r]
+    assert with_outputs and all({"hint2", "hint3"} <= set(r) for r in with_outputs) and report["done"]
+    (net1,) = (methods_out / "digits").glob(f"concurrent-resnet14to8-scale{SCALE}/stage2-net1")
+    report = json.loads(parse_log(net1 / "caffe.log", "--json", "--no-csv").stdout)
+    summary = json.loads((net1 / "summary.json").read_text())
+    assert report["final"]["accuracy"] == summary["final_test"]["accuracy"]
+    assert {"accuracy", "loss", "kd"} <= set(report["test"][-1])
+
+
+# --- tables and figures --------------------------------------------------------
+
+def reproduce(*args, check=True):
+    return run([RUN_STAGES, "reproduce", *map(str, args)], check=check)
+
+
+def accuracies(out, method, nets=3):
+    found = []
+    for k in range(1, nets + 1):
+        (folder,) = (out / "digits").glob(f"{method}-resnet14to8-scale{SCALE}/stage2-net{k}")
+        found.append(json.loads((folder / "summary.json").read_text()))
+    return found
+
+
+def test_table4_reproduced_on_digits_beside_the_paper(methods_out):
+    dry = reproduce("table4", *DIGITS, "--out", methods_out, "--dry-run").stdout
+    assert "iterations still to go" in dry and "sl-resnet-kd" in dry and "student" in dry
+    result = reproduce("table4", *DIGITS, "--out", methods_out)
+    folder = methods_out / "reports" / f"table4-digits-resnet14to8-scale{SCALE}"
+    assert {p.name for p in folder.iterdir()} == {"table.md", "table.csv", "table.tex"}
+    table = (folder / "table.md").read_text()
+    assert table in result.stdout
+    proposed = next(line for line in table.splitlines() if line.startswith("| Proposed method"))
+    nets = accuracies(methods_out, "proposed")
+    errors = [100 - 100 * s["final_test"]["accuracy"] for s in nets]  # P_e, as Table 4
+    cells = [c.strip() for c in proposed.split("|")[1:-1]]
+    assert cells[1:4] == [f"{e:.2f} / {p}" for e, p in zip(errors, ["0.38", "0.4", "0.39"])]
+    assert cells[4] == f"{statistics.mean(errors):.2f}" and cells[5] == "0.39"
+    assert cells[6] == f"{statistics.mean(errors) - 0.39:+.2f}" and cells[7] == f"{statistics.stdev(errors):.2f}"
+    best = [100 - 100 * s["best_test"]["accuracy"] for s in nets]
+    assert cells[8] == f"{statistics.mean(best):.2f}"  # the best-iteration value, in its own column only
+    assert "Best-iteration Avg." in table and "not the paper's measure" in table
+    assert "paper: mnist, ResNet-32 -> ResNet-8" in table
+    rows = list(csv.DictReader(open(folder / "table.csv")))
+    assert {r["method"] for r in rows} >= {"kd", "hint-kd", "sl-resnet", "sl-resnet-kd", "proposed", "student"}
+    assert r"\begin{tabular}" in (folder / "table.tex").read_text()
+    again = reproduce("table4", *DIGITS, "--out", methods_out)
+    assert again.stdout.count("finished earlier") == 7
+
+
+def test_missing_unfinished_and_other_scale_runs_are_never_filled(methods_out):
+    result = reproduce("table1", *DIGITS, "--out", methods_out, "--report-only", "--nets", "3")
+    table1 = result.stdout
+    hint_kd_plus = next(line for line in table1.splitlines() if line.startswith("| Hint-KD+"))
+    assert "/ 90.77" in hint_kd_plus  # the paper's number stays beside our cell
+    other_scale = reproduce("table1", "--dataset", "digits", "--depths", "14,8", "--scale", "0.07",
+                            "--out", methods_out, "--report-only").stdout
+    for line in other_scale.splitlines():
+        if line.startswith(("| KD", "| Original", "| Hint", "| Proposed")):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            assert [c.split(" / ")[0] for c in cells[1:5]] == ["missing"] * 4 and cells[6:] == ["", "", ""], line
+    # A stage killed half-way: its net is unfinished, the average is not taken over the rest.
+    (net3,) = (methods_out / "digits").glob(f"hint-kd-resnet14to8-scale{SCALE}/stage2-net3")
+    (net3 / "summary.json").rename(net3 / "summary.json.away")
+    try:
+        table = reproduce("table1", *DIGITS, "--out", methods_out, "--report-only").stdout
+    finally:
+        (net3 / "summary.json.away").rename(net3 / "summary.json")
+    hint_kd = next(line for line in table.splitlines() if line.startswith("| Original Hint-KD"))
+    cells = [c.strip() for c in hint_kd.split("|")[1:-1]]
+    assert cells[3].startswith("unfinished") and cells[4].startswith("unfinished") and cells[6] == ""
+
+
+@pytest.mark.parametrize("figure", ["figure4", "figure7", "figure8", "figure9"])
+def test_figures_from_runs_made_here(methods_out, figure):
+    result = reproduce(figure, *DIGITS, "--out", methods_out)
+    folder = methods_out / "reports" / f"{figure}-digits-resnet14to8-scale{SCALE}"
+    for name in ("figure.png", "figure.pdf", "table.md", "table.csv"):
+        assert (folder / name).stat().st_size > 1000 or name.startswith("table"), name
+    assert (folder / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "missing" not in result.stdout.split("###", 1)[1]
+
+
+def test_unknown_target_and_bad_options(methods_out):
+    result = reproduce("table9", "--out", methods_out, "--dry-run", check=False)
+    assert result.returncode == 1 and "unknown target 'table9'" in result.stderr
+    result = reproduce("table1", "--depths", "14", "--dry-run", check=False)
+    assert result.returncode == 2 and "--depths takes TEACHER,STUDENT" in result.stderr
