@@ -7,6 +7,7 @@ iteration, as the paper reports it; the best test accuracy of a run appears
 only in its own, labelled column. A cell whose run is missing or unfinished
 says so and holds no number.
 """
+import argparse
 import csv
 import io
 import json
@@ -67,7 +68,7 @@ class Study:
                 "--scale", f"{self.scale:g}", "--nets", str(self.nets), "--seed", str(self.seed)]
 
     def options(self, method):
-        parser = plan.argparse.ArgumentParser()
+        parser = argparse.ArgumentParser()
         plan.add_run_arguments(parser)
         args = parser.parse_args(self.run_arguments(method) + ["--data", str(self.out / "data" / self.dataset),
                                                                "--out", str(self.out)])
