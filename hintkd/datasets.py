@@ -7,7 +7,6 @@ extracts to, or an image folder (train/<class>/*, test/<class>/*, optionally as
 import gzip
 import hashlib
 import io
-import json
 import os
 import pickle
 import tarfile
@@ -17,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hintkd import read_table
 
 TABLE_PATH = Path(__file__).resolve().parent.parent / "data_prep" / "datasets.json"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm"}
@@ -40,9 +41,7 @@ class Dataset:
 
 
 def dataset_table():
-    table = json.loads(TABLE_PATH.read_text())
-    table.pop("_about")
-    return table
+    return read_table(TABLE_PATH)
 
 
 def dataset_info(name):

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hintkd import datasets, netgen, train
+from hintkd import datasets, netgen, read_table, train
 from hintkd.atomic import write_json, write_text
 
 METHODS = netgen.REPO / "solvers" / "methods.json"
@@ -30,9 +30,7 @@ class PlanError(Exception):
 
 
 def method_table():
-    table = json.loads(METHODS.read_text())
-    table.pop("_about")
-    return table
+    return read_table(METHODS)
 
 
 @dataclass

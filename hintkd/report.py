@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hintkd import caffelog, plan, train
+from hintkd import caffelog, plan, read_table, train
 from hintkd.atomic import write_text
 
 PAPER = Path(__file__).resolve().parent.parent / "analysis" / "paper_results.json"
@@ -27,9 +27,7 @@ class ReportError(Exception):
 
 
 def targets():
-    table = json.loads(PAPER.read_text())
-    table.pop("_about")
-    return table
+    return read_table(PAPER)
 
 
 def target(name):
