@@ -41,7 +41,8 @@ out=${HINTKD_OUT:-runs} source="" device=() plan_options=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) device=() ;;
-    --gpu) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--gpu needs a device number"; device=(--gpu "$2"); shift ;;
+    --gpu) [[ ${2:-} =~ ^[0-9]+(,[0-9]+)+$ ]] && die "--gpu $2: multi-GPU data parallel is not available in this Caffe (no NCCL; see README 'On a GPU'); give one device"
+           [[ ${2:-} =~ ^[0-9]+$ ]] || die "--gpu needs a device number"; device=(--gpu "$2"); shift ;;
     --quick|--regressor|--tau-squared) plan_options+=("$1") ;;
     --source) [ $# -ge 2 ] || die "--source needs a path"; source=$2; shift ;;
     --out) [ $# -ge 2 ] || die "--out needs a folder"; out=$2; shift ;;

@@ -124,10 +124,6 @@ cuda_arch_flags() {
   echo "${flags# } -gencode arch=compute_$last,code=compute_$last"
 }
 
-has_nccl() {
-  [ -f "$1/include/nccl.h" ] || [ -f /usr/include/nccl.h ]
-}
-
 cache=${HINTKD_CACHE:-$HOME/.cache/hintkd}
 cuda_recipe=""
 if [ "$variant" = cuda ]; then
@@ -233,7 +229,6 @@ build() {
     local tools="$cuda_dir/bin"
     [ "$cuda_dir" = "$DEBIAN_CUDA_DIR" ] && tools+=":/usr/bin"
     export PATH="$tools:$PATH"
-    has_nccl "$cuda_dir" && device_flags+=(USE_NCCL=1)
     total=$(( total + $(find "$tree/src/caffe" -name '*.cu' ! -name 'test_*' | wc -l) ))
   fi
   make -C "$tree" -j"$jobs" all pycaffe "${device_flags[@]}" 2>&1 | tee "$log" |

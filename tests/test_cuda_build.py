@@ -101,3 +101,11 @@ def test_a_bare_nvcc_is_not_a_toolkit(tmp_path):
     complete = run(["bash", INSTALL, "--cuda", "--print-prefix"], env={"CUDA_HOME": str(tmp_path)})
     assert "not using" not in complete.stderr.replace("/usr/local", "")
     assert complete.stdout.strip() != str(cuda_prefix())  # another toolkit, another prefix
+
+
+def test_multi_gpu_is_refused_with_the_reason(tmp_path):
+    """This Caffe source has no NCCL code, so a device list stops before anything runs."""
+    result = run([str(REPO / "run_stages.sh"), "digits", "14", "8", "student", "--gpu", "0,1",
+                  "--out", str(tmp_path)], check=False)
+    assert result.returncode != 0 and not any(tmp_path.iterdir())
+    assert "--gpu 0,1: multi-GPU data parallel is not available" in result.stderr and "NCCL" in result.stderr
