@@ -215,12 +215,14 @@ def _status(cells):
     return ", ".join(sorted(statuses))
 
 
-def reference_rows(reference):
+def reference_rows(study, reference):
+    """The paper's label, then which of our nets stands for it (its depth may differ), ours, the paper's."""
     body = []
     for row in reference:
         cell = row.cells[0] if row.cells else Cell()
-        body.append([row.label, cell.text(), _paper(row.paper_avg())])
-    return ["Reference net (trained alone)", "Ours", "Paper"], body
+        depth = study.depths[0] if row.method == "teacher" else study.depths[1]
+        body.append([row.label, f"ResNet-{depth}", cell.text(), _paper(row.paper_avg())])
+    return ["Reference net (trained alone)", "Our net", "Ours", "Paper"], body
 
 
 def notes(study):
@@ -244,7 +246,7 @@ def markdown(study, rows, reference):
     parts = [f"### {notes(study)[0]}", ""] + [line + "  " for line in notes(study)[1:]] + [""]
     parts += table(*table_rows(study, rows))
     if reference:
-        parts += [""] + table(*reference_rows(reference))
+        parts += [""] + table(*reference_rows(study, reference))
     return "\n".join(parts) + "\n"
 
 
@@ -285,9 +287,9 @@ def latex(study, rows, reference):
     lines += [" & ".join(escape(c) for c in cells) + r" \\" for cells in body]
     lines.append(r"\hline")
     if reference:
-        ref_header, ref_body = reference_rows(reference)
+        ref_header, ref_body = reference_rows(study, reference)
         lines += [rf"\multicolumn{{{len(header)}}}{{l}}{{{escape(ref_header[0])}: ours / paper}} \\"]
-        lines += [rf"\multicolumn{{{len(header)}}}{{l}}{{{escape(c[0])}: {escape(c[1])} / {escape(c[2])}}} \\"
+        lines += [rf"\multicolumn{{{len(header)}}}{{l}}{{{escape(c[0])} ({escape(c[1])}): {escape(c[2])} / {escape(c[3])}}} \\"
                   for c in ref_body]
         lines.append(r"\hline")
     lines += [r"\end{tabular}", r"\end{table}"]
@@ -305,15 +307,16 @@ def _pyplot():
 
 def bar_figure(study, rows, reference):
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4.2))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows) + 3), 4.2))  # room for the title and the legend
     ylabel = "P_c (%)" if study.spec["metric"] == "Pc" else "P_e (%)"
     values = []
     for x, row in enumerate(rows):
         mean, std = row.mean_std()
         if mean is not None:
-            ax.bar(x, mean, yerr=std or 0, color=f"C{x}", capsize=4, label="ours (mean over nets)" if x == 0 else None)
-            ax.text(x, mean, f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
-            values.append(mean)
+            ax.bar(x, mean, yerr=std or 0, color=f"C{x}", capsize=4,
+                   label="ours (mean over nets, bar: std.)" if x == 0 else None)
+            ax.text(x + 0.05, mean, f"{mean:.2f}", ha="left", va="bottom", fontsize=8)  # beside the error bar
+            values += [mean - (std or 0), mean + (std or 0)]
         else:
             ax.text(x, 0.5, _status(row.cells) or "missing", ha="center", va="bottom", rotation=90,
                     fontsize=8, transform=ax.get_xaxis_transform())
@@ -327,7 +330,7 @@ def bar_figure(study, rows, reference):
         low, high = min(values), max(values)
         pad = max(0.5, (high - low) * 0.5)
         ax.set_ylim(max(0, low - pad), min(100, high + pad) if study.spec["metric"] == "Pc" else high + pad)
-    ax.set_title(f"{study.spec['title']}\n{study.describe()}", fontsize=9)
+    fig.suptitle(f"{study.spec['title']}\n{study.describe()}", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

@@ -146,6 +146,9 @@ def test_table4_reproduced_on_digits_beside_the_paper(methods_out):
     assert cells[8] == f"{statistics.mean(best):.2f}"  # the best-iteration value, in its own column only
     assert "Best-iteration Avg." in table and "not the paper's measure" in table
     assert "paper: mnist, ResNet-32 -> ResNet-8" in table
+    teacher = json.loads((methods_out / "digits" / f"teacher-resnet14-w16.32.64-scale{SCALE}" / "summary.json").read_text())
+    assert f"| 32-layer teacher ResNet | ResNet-14 | {100 - 100 * teacher['final_test']['accuracy']:.2f} | 0.39 |" \
+        in table  # our ResNet-14 stands for the paper's 32-layer teacher, and says so
     rows = list(csv.DictReader(open(folder / "table.csv")))
     assert {r["method"] for r in rows} >= {"kd", "hint-kd", "sl-resnet", "sl-resnet-kd", "proposed", "student"}
     assert r"\begin{tabular}" in (folder / "table.tex").read_text()
