@@ -322,7 +322,7 @@ def bar_figure(study, rows, reference):
                     fontsize=8, transform=ax.get_xaxis_transform())
         if row.paper_avg() is not None:
             ax.plot([x - 0.4, x + 0.4], [row.paper_avg()] * 2, "k--", lw=2,
-                    label="paper" if "paper" not in ax.get_legend_handles_labels()[1] else None)
+                    label="paper (Avg.)" if "paper (Avg.)" not in ax.get_legend_handles_labels()[1] else None)
             values.append(row.paper_avg())
     ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=20, ha="right", fontsize=9)
     ax.set_ylabel(ylabel)
@@ -410,11 +410,10 @@ def build(study):
     write_text(folder / "table.csv", csv_text(study, rows, reference))
     if kind == "table":
         write_text(folder / "table.tex", latex(study, rows, reference))
-    else:
-        fig = FIGURES[kind](study, rows, reference)
-        for suffix in ("png", "pdf"):
-            tmp = folder / f".figure.tmp.{suffix}"
-            fig.savefig(tmp, dpi=120, format=suffix)
-            tmp.replace(folder / f"figure.{suffix}")
-        _pyplot().close(fig)
+    fig = FIGURES["bars" if kind == "table" else kind](study, rows, reference)  # a table is also drawn as bars
+    for suffix in ("png", "pdf"):
+        tmp = folder / f".figure.tmp.{suffix}"
+        fig.savefig(tmp, dpi=120, format=suffix)
+        tmp.replace(folder / f"figure.{suffix}")
+    _pyplot().close(fig)
     return folder, text

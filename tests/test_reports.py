@@ -132,7 +132,7 @@ def test_table4_reproduced_on_digits_beside_the_paper(methods_out):
     assert "iterations still to go" in dry and "sl-resnet-kd" in dry and "student" in dry
     result = reproduce("table4", *DIGITS, "--out", methods_out)
     folder = methods_out / "reports" / f"table4-digits-resnet14to8-scale{SCALE}"
-    assert {p.name for p in folder.iterdir()} == {"table.md", "table.csv", "table.tex"}
+    assert {p.name for p in folder.iterdir()} == {"table.md", "table.csv", "table.tex", "figure.png", "figure.pdf"}
     table = (folder / "table.md").read_text()
     assert table in result.stdout
     proposed = next(line for line in table.splitlines() if line.startswith("| Proposed method"))
