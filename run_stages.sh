@@ -69,8 +69,8 @@ echo "$$" > "$out/.driver.pid"
 "$PYTHON" "$ROOT/data_prep/prepare.py" "$dataset" --out "$out/data/$dataset" ${source:+--source "$source"}
 
 # 4. The method's stages, in order, each from what it starts with.
-mapfile -t stages < <("$PYTHON" "$ROOT/generate.py" plan "$dataset" "$teacher_depth" "$student_depth" "$method" \
-  --data "$out/data/$dataset" --out "$out" "${plan_options[@]}")
+run=("$dataset" "$teacher_depth" "$student_depth" "$method" --data "$out/data/$dataset" --out "$out" "${plan_options[@]}")
+mapfile -t stages < <("$PYTHON" "$ROOT/generate.py" plan "${run[@]}")
 [ ${#stages[@]} -gt 0 ] || die "no stages planned for '$method' (see the message above)"
 for stage in "${stages[@]}"; do
   if ! PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.train "$stage" "${device[@]}"; then
@@ -82,3 +82,6 @@ done
 
 # 5. One summary for the run, and where every result is.
 PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.summary "${stages[@]}"
+
+# 6. The run beside the paper's table for its setting.
+PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.report "${run[@]}"

@@ -12,7 +12,8 @@ import csv
 import io
 import json
 import statistics
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hintkd import caffelog, plan, read_table, train
@@ -243,8 +244,9 @@ def markdown(study, rows, reference):
     def table(header, body):
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return lines + ["| " + " | ".join(cells) + " |" for cells in body]
-    parts = [f"### {notes(study)[0]}", ""] + [line + "  " for line in notes(study)[1:]] + [""]
-    parts += table(*table_rows(study, rows))
+    parts = [f"### {notes(study)[0]}", ""] + [line + "  " for line in notes(study)[1:]]
+    if rows:
+        parts += [""] + table(*table_rows(study, rows))
     if reference:
         parts += [""] + table(*reference_rows(study, reference))
     return "\n".join(parts) + "\n"
@@ -417,3 +419,64 @@ def build(study):
         tmp.replace(folder / f"figure.{suffix}")
     _pyplot().close(fig)
     return folder, text
+
+
+# --- one run beside the paper ------------------------------------------------
+
+def _setting(opts):
+    """What makes two runs the same run: every option but where it lives and how many nets."""
+    return {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in ("data_dir", "out", "nets")}
+
+
+def beside_paper(opts):
+    """The end of run_stages.sh: this run in each paper table that has exactly its setting, the
+    paper's numbers beside ours; else in the closest table that differs only in dataset or depths
+    (the paper's numbers then for orientation, as the table says); else which table is closest."""
+    exact, closest = [], None
+    for name, spec in targets().items():
+        methods = [r["method"] for r in spec.get("rows", []) + spec.get("reference", [])]
+        if spec["kind"] != "table" or opts.method not in methods:
+            continue
+        study = Study(name, opts.out, scale=opts.scale, nets=opts.nets, seed=opts.seed)  # the paper's setting
+        paper, ours = _setting(study.options(opts.method)), _setting(opts)
+        differ = sorted(k for k in ours if ours[k] != paper[k])
+        if not differ:
+            exact.append(_run_in_table(study, opts.method))
+        elif closest is None or len(differ) < len(closest[1]):
+            closest = (name, differ)
+    if exact or closest is None:
+        return "\n".join(exact)
+    name, differ = closest
+    if set(differ) <= {"dataset", "teacher_depth", "student_depth"}:
+        study = Study(name, opts.out, opts.dataset, (opts.teacher_depth, opts.student_depth), opts.scale,
+                      opts.nets, opts.seed)
+        return _run_in_table(study, opts.method)
+    return f"Beside the paper: no table of the paper has this run's setting; the closest, {name}, differs in " \
+           f"{', '.join(differ)}.\n"
+
+
+def _run_in_table(study, method):
+    """One method's row (or reference row) of a table, the finished reference nets, and the table's command."""
+    rows, reference = collect(study)
+    rows = [r for r in rows if r.method == method]
+    reference = [r for r in reference if r.method == method or r.complete()]
+    command = f"./run_stages.sh reproduce {study.name}"
+    if study.differs():
+        command += f" --dataset {study.dataset} --depths {study.depths[0]},{study.depths[1]}"
+    if study.scale != 1:
+        command += f" --scale {study.scale:g}"
+    return markdown(study, rows, reference) + f"\nThe whole table: {command}\n"
+
+
+def main(argv=None):
+    """python3 -m hintkd.report DATASET T S METHOD --data DIR --out DIR [options]: the run beside the paper."""
+    parser = argparse.ArgumentParser(prog="python3 -m hintkd.report", description=main.__doc__)
+    plan.add_run_arguments(parser)
+    text = beside_paper(plan.options_from_args(parser.parse_args(argv)))
+    if text:
+        print("\n" + text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

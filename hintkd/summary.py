@@ -46,7 +46,12 @@ def main(argv=None):
     print("summaries:")
     for folder in stage_dirs:
         print(f"  {Path(folder).resolve() / SUMMARY}")
-    print(f"run summary: {run_summary(stage_dirs)}")
+    path = run_summary(stage_dirs)
+    print(f"run summary: {path}")
+    nets = json.loads(path.read_text()).get("nets", {})
+    if nets.get("final_accuracy"):
+        print(f"final test accuracy of Nets 1-{len(nets['final_accuracy'])}: "
+              f"{', '.join(f'{100 * a:.2f}%' for a in nets['final_accuracy'])} (mean {100 * nets['mean']:.2f}%)")
     return 0
 
 

@@ -39,6 +39,14 @@ def test_every_method_runs_end_to_end(methods_out, method):
         assert f"{folder}/summary.json" in result.stdout
     run_summary = json.loads((folders[0].parent / "run.json").read_text())
     assert f"run summary: {folders[0].parent / 'run.json'}" in result.stdout
+    net1 = run_summary["nets"]["final_accuracy"][0]
+    assert f"final test accuracy of Nets 1-3: {100 * net1:.2f}%" in result.stdout
+    if method != "concurrent":  # in figures only; every other method has a row in a table of the paper
+        table = result.stdout[result.stdout.index("### TABLE "):]
+        row = next(line for line in table.splitlines() if line.startswith("| ") and " / " in line)
+        metric = 100 * net1 if "P_c" in table.splitlines()[0] else 100 - 100 * net1
+        assert row.split("|")[2].strip().startswith(f"{metric:.2f} / ")  # ours, then the paper's Net 1
+        assert "The whole table: ./run_stages.sh reproduce table" in table and "--dataset digits --depths 14,8" in table
     assert run_summary["method"] == method and len(run_summary["nets"]["final_accuracy"]) == 3
     assert run_summary["nets"]["mean"] == pytest.approx(np.mean(run_summary["nets"]["final_accuracy"]))
     assert [s["folder"] for s in run_summary["stages"][-3:]] == [str(f) for f in nets]

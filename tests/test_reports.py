@@ -194,3 +194,17 @@ def test_unknown_target_and_bad_options(methods_out):
     assert result.returncode == 1 and "unknown target 'table9'" in result.stderr
     result = reproduce("table1", "--depths", "14", "--dry-run", check=False)
     assert result.returncode == 2 and "--depths takes TEACHER,STUDENT" in result.stderr
+
+
+def test_a_run_in_the_papers_own_setting_sits_beside_its_tables(tmp_path):
+    """run_stages.sh ends with `python3 -m hintkd.report` on its own arguments: MNIST 32 -> 8 is the
+    setting of Tables 3 and 4, so both rows appear with the paper's numbers, ours not yet run."""
+    args = ["mnist", "32", "8", "proposed", "--data", str(tmp_path / "data" / "mnist"), "--out", str(tmp_path)]
+    text = run(["/usr/bin/python3", "-m", "hintkd.report", *args, "--scale", "0.5"]).stdout
+    assert "### TABLE 3 P_e" in text and "### TABLE 4 P_e" in text and "orientation" not in text
+    assert "| Proposed approach | missing / 0.41 | missing / 0.4 | missing / 0.44 | missing | 0.416 |" in text
+    assert "The whole table: ./run_stages.sh reproduce table3 --scale 0.5" in text
+    other = run(["/usr/bin/python3", "-m", "hintkd.report", *args, "--tau", "2"]).stdout
+    assert "no table of the paper has this run's setting; the closest, table3, differs in tau" in other
+    assert "###" not in other
+    assert run(["/usr/bin/python3", "-m", "hintkd.report", *args[:3], "concurrent", *args[4:]]).stdout == ""
