@@ -6,8 +6,8 @@
     ./run_stages.sh reproduce table3 --dataset digits --quick
 
 TARGET: table1..table6, figure4, figure5, figure7..figure10 (analysis/paper_results.json).
-Files go to OUT/reports/TARGET-DATASET-resnetTtoS[-scaleF]/: table.md, table.csv and
-table.tex for tables; table.md, table.csv, figure.png and figure.pdf for figures.
+Files go to OUT/reports/TARGET-DATASET-resnetTtoS[-scaleF]/: table.md, table.csv,
+figure.png and figure.pdf (a table drawn as bars), and table.tex for tables.
 Runs at different scales live in different folders and never meet in one table.
 """
 import argparse

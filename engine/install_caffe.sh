@@ -262,15 +262,18 @@ assemble() {
 JSON
 }
 
+# Packages of Debian's CUDA toolkit (non-free), only when that toolkit is the one in use.
+install_debian_cuda_packages() {
+  [ "$variant" = cuda ] && [ "$cuda_dir" = "$DEBIAN_CUDA_DIR" ] && [ -n "$(missing_packages "$@")" ] || return 0
+  enable_debian_non_free
+  install_debian_packages "$@"
+}
+
 # What running a build needs; a no-op (no root needed) when it is all there.
 install_runtime_packages() {
   # shellcheck disable=SC2086  # word lists
   install_debian_packages $RUNTIME_PACKAGES $RUNTIME_LIBRARIES
-  if [ "$variant" = cuda ] && [ "$cuda_dir" = "$DEBIAN_CUDA_DIR" ] &&
-     [ -n "$(missing_packages $CUDA_RUNTIME_LIBRARIES)" ]; then
-    enable_debian_non_free
-    install_debian_packages $CUDA_RUNTIME_LIBRARIES
-  fi
+  install_debian_cuda_packages $CUDA_RUNTIME_LIBRARIES
 }
 
 if [ "$action" = runtime ] || [ -f "$prefix/BUILD-INFO.json" ]; then
@@ -281,11 +284,7 @@ fi
 install_runtime_packages
 # shellcheck disable=SC2086
 install_debian_packages $BUILD_PACKAGES
-if [ "$variant" = cuda ] && [ "$cuda_dir" = "$DEBIAN_CUDA_DIR" ] &&
-   [ -n "$(missing_packages $DEBIAN_CUDA_PACKAGES)" ]; then
-  enable_debian_non_free
-  install_debian_packages $DEBIAN_CUDA_PACKAGES
-fi
+install_debian_cuda_packages $DEBIAN_CUDA_PACKAGES
 mkdir -p "$cache/src"
 exec 9>"$cache/install.lock"
 flock 9   # a second installer waits here, then finds the finished build

@@ -259,22 +259,19 @@ def csv_text(study, rows, reference):
                      "paper", "status"])
     for kind, group in (("row", rows), ("reference", reference)):
         for row in group:
+            where = [study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method, row.label]
             for k, cell in enumerate(row.cells, start=1):
                 paper = row.paper[k - 1] if row.paper and len(row.paper) == NET_COLUMNS + 1 and k <= NET_COLUMNS \
                     else (row.paper[0] if kind == "reference" and row.paper else None)
-                writer.writerow([study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method,
-                                 row.label, k if kind == "row" else "alone", _number(cell.final, 4),
-                                 _number(cell.best, 4), "" if paper is None else paper, cell.status])
+                writer.writerow(where + [k if kind == "row" else "alone", _number(cell.final, 4),
+                                         _number(cell.best, 4), "" if paper is None else paper, cell.status])
             if kind == "row":
                 mean, std = row.mean_std()
                 best, _ = row.mean_std("best")
-                writer.writerow([study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method,
-                                 row.label, "avg", _number(mean, 4), _number(best, 4),
-                                 "" if row.paper_avg() is None else row.paper_avg(),
-                                 "done" if row.complete() else _status(row.cells)])
-                writer.writerow([study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method,
-                                 row.label, "std", _number(std, 4), "", "", "done" if row.complete() else
-                                 _status(row.cells)])
+                status = "done" if row.complete() else _status(row.cells)
+                writer.writerow(where + ["avg", _number(mean, 4), _number(best, 4),
+                                         "" if row.paper_avg() is None else row.paper_avg(), status])
+                writer.writerow(where + ["std", _number(std, 4), "", "", status])
     return out.getvalue()
 
 
