@@ -45,17 +45,8 @@ def cifar_size_data(folder, images):
 
 
 def with_input_layer(train_val, shape):
-    """The same net reading Input blobs: one process may open an LMDB for one net only."""
-    from google.protobuf import text_format
-    net = netgen.validate(train_val.read_text())
-    layers = [layer for layer in net.layer if layer.type != "Data"]
-    del net.layer[:]
-    data = net.layer.add(name="data", type="Input", top=["data", "label"])
-    data.input_param.shape.add(dim=shape)
-    data.input_param.shape.add(dim=shape[:1])
-    net.layer.extend(layers)
     path = train_val.with_name("benchmark.prototxt")
-    path.write_text(text_format.MessageToString(net))
+    path.write_text(netgen.with_input_layer(train_val.read_text(), shape))
     return path
 
 

@@ -2,7 +2,9 @@
 # Builds BVLC Caffe (the brocolli-caffe 9.0.2 source tree) with pycaffe into a
 # versioned prefix outside the repository, so that every clone shares one build.
 #
-#   engine/install_caffe.sh                 install the CPU build if missing
+#   engine/install_caffe.sh                 install the fast CPU build if missing
+#   engine/install_caffe.sh --stock         install the stock CPU build (BVLC's own CPU
+#                                           code at -O2) if missing
 #   engine/install_caffe.sh --cuda          install the CUDA build if missing
 #   engine/install_caffe.sh --print-prefix  print where the build lives (or will)
 #   engine/install_caffe.sh --check         exit 0 when installed, 1 otherwise
@@ -10,7 +12,10 @@
 #                                           (an image that copies the build in)
 #
 # Environment:
-#   HINTKD_CAFFE_VARIANT  cpu or cuda: the variant when no --cpu/--cuda is given
+#   HINTKD_CAFFE_VARIANT  cpu (fast), stock or cuda: the variant when no --cpu,
+#                         --stock or --cuda is given
+#   HINTKD_PORTABLE       1: the fast CPU build without -march=native, for a prefix
+#                         that machines with other CPUs load (shared cluster storage)
 #   HINTKD_CACHE          where builds go (default ~/.cache/hintkd)
 #   HINTKD_CAFFE_SDIST    a local brocolli-caffe-9.0.2.tar.gz (skips the download)
 #   HINTKD_JOBS           parallel make jobs (default: number of cores)
@@ -20,10 +25,13 @@
 #                         the one on PATH if complete; else Debian's non-free
 #                         nvidia-cuda-toolkit 11.8, installed by this script
 #
+# The fast CPU build adds patches/fast/ (oneDNN convolutions and GEMMs, OpenMP
+# threaded layers) and Makefile.fast.config, at -O3 for this machine's CPU.
+#
 # The prefix name carries the variant and a hash of the recipe (Makefile.config,
 # patches/, the pinned source, the variant, the CUDA toolkit and architectures,
-# BUILD_RECIPE), so a changed recipe builds anew and the CPU and CUDA builds never
-# overwrite each other. A build is assembled in a temporary folder and renamed
+# the fast build's patches, flags and target CPU, BUILD_RECIPE), so a changed
+# recipe builds anew and the builds never overwrite each other. A build is assembled in a temporary folder and renamed
 # into place only after its smoke test passes: an interrupted build never looks
 # installed.
 set -euo pipefail
@@ -52,6 +60,9 @@ RUNTIME_LIBRARIES="libboost-filesystem1.74.0 libboost-python1.74.0 libboost-thre
   libboost-regex1.74.0 libboost-system1.74.0 libgflags2.2 libgoogle-glog0v6 libhdf5-103-1
   libhdf5-hl-100 liblmdb0 libopenblas0-pthread libprotobuf32 libpython3.11"
 CUDA_RUNTIME_LIBRARIES="libcudart11.0 libcublas11 libcublaslt11 libcurand10"
+# The fast CPU build: oneDNN 2.6 (its OpenMP flavour, libgomp).
+FAST_BUILD_PACKAGES="libdnnl-dev"
+FAST_RUNTIME_LIBRARIES="libdnnl2 libgomp1"
 
 variant=${HINTKD_CAFFE_VARIANT:-cpu}
 action=install
@@ -62,14 +73,15 @@ for arg in "$@"; do
     --print-prefix) action=print ;;
     --runtime) action=runtime ;;
     --check) action=check ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --stock) variant=stock ;;
+    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "install_caffe.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
 
 case "$variant" in
-  cpu|cuda) ;;
-  *) echo "install_caffe.sh: HINTKD_CAFFE_VARIANT must be cpu or cuda, got '$variant'" >&2; exit 2 ;;
+  cpu|stock|cuda) ;;
+  *) echo "install_caffe.sh: HINTKD_CAFFE_VARIANT must be cpu, stock or cuda, got '$variant'" >&2; exit 2 ;;
 esac
 
 say() { echo "[install_caffe] $*" >&2; }
@@ -124,6 +136,20 @@ cuda_arch_flags() {
   echo "${flags# } -gencode arch=compute_$last,code=compute_$last"
 }
 
+# --- Fast CPU build: flags and what its build depends on -------------------------
+fast_recipe=""
+if [ "$variant" = cpu ]; then
+  if [ "${HINTKD_PORTABLE:-0}" = 1 ]; then
+    optimization="-O3" target_cpu=portable
+  else
+    # -march=native: the CPU this machine reports; the prefix's hash carries it,
+    # so a machine with another CPU builds its own instead of loading this one.
+    optimization="-O3 -march=native"
+    target_cpu=$(grep -m2 -E '^(model name|flags)' /proc/cpuinfo | sha256sum | cut -c1-16)
+  fi
+  fast_recipe="fast $optimization $target_cpu $(cat "$ENGINE_DIR/Makefile.fast.config" "$ENGINE_DIR"/patches/fast/*.patch | sha256sum)"
+fi
+
 cache=${HINTKD_CACHE:-$HOME/.cache/hintkd}
 cuda_recipe=""
 if [ "$variant" = cuda ]; then
@@ -131,9 +157,8 @@ if [ "$variant" = cuda ]; then
   cuda_arch=$(cuda_arch_flags)
   cuda_recipe="cuda $cuda_dir $cuda_arch"
 fi
-# The CPU recipe text is unchanged from BUILD_RECIPE 2 (its prefix keeps its name).
 recipe_hash=$(cat "$ENGINE_DIR/Makefile.config" "$ENGINE_DIR"/patches/*.patch <(echo "$CAFFE_SDIST_NAME $CAFFE_SDIST_VERSION \
-  $CAFFE_SDIST_SHA256 $variant $EXTRA_LAYERS $BUILD_RECIPE") <(echo -n "$cuda_recipe") | sha256sum | cut -c1-10)
+  $CAFFE_SDIST_SHA256 $variant $EXTRA_LAYERS $BUILD_RECIPE") <(echo -n "$cuda_recipe$fast_recipe") | sha256sum | cut -c1-10)
 prefix="$cache/caffe-$CAFFE_SDIST_VERSION-$variant-$recipe_hash"
 
 case "$action" in
@@ -209,11 +234,13 @@ build() {
   for layer in $EXTRA_LAYERS; do
     rm -f "$tree/src/caffe/layers/${layer}_layer."{cpp,cu} "$tree/include/caffe/layers/${layer}_layer.hpp"
   done
-  local patch
-  for patch in "$ENGINE_DIR"/patches/*.patch; do  # fixes to the source, each explained inside
+  local patch patches=("$ENGINE_DIR"/patches/*.patch)  # fixes to the source, each explained inside
+  [ "$variant" = cpu ] && patches+=("$ENGINE_DIR"/patches/fast/*.patch)
+  for patch in "${patches[@]}"; do
     patch -s -d "$tree" -p1 < "$patch"
   done
   cp "$ENGINE_DIR/Makefile.config" "$tree/Makefile.config"
+  [ "$variant" = cpu ] && cat "$ENGINE_DIR/Makefile.fast.config" >> "$tree/Makefile.config"
   local jobs=${HINTKD_JOBS:-$(nproc)} log="$work/build.log" total
   # Compile steps, one link step per tool, and the library, pycaffe and proto steps.
   total=$(( $(find "$tree/src/caffe" "$tree/tools" -name '*.cpp' ! -name 'test_*' | wc -l)
@@ -222,6 +249,7 @@ build() {
   # Progress: one counter line over the compile steps make reports.
   local status=0
   local device_flags=(CPU_ONLY=1)
+  [ "$variant" = cpu ] && device_flags+=("OPTIMIZATION=$optimization")
   if [ "$variant" = cuda ]; then
     device_flags=(CPU_ONLY= "CUDA_DIR=$cuda_dir" "CUDA_ARCH=$cuda_arch")
     # nvcc runs ptxas, nvlink and fatbinary from PATH: the chosen toolkit's go first
@@ -251,12 +279,13 @@ assemble() {
   cp -a "$tree/python" "$stage/python"
   # _caffe.so looks for libcaffe in $ORIGIN/../../build/lib, caffe.bin in $ORIGIN/../lib.
   ln -s ../lib "$stage/build/lib"
-  cp "$ENGINE_DIR/Makefile.config" "$stage/Makefile.config"
+  cp "$tree/Makefile.config" "$stage/Makefile.config"
   "$stage/bin/caffe" --version >&2
   /usr/bin/python3 -c "import sys; sys.path.insert(0, '$stage/python'); import caffe; print('pycaffe', caffe.__version__)" >&2
   cat > "$stage/BUILD-INFO.json" <<JSON
 {"source": "$CAFFE_SDIST_NAME==$CAFFE_SDIST_VERSION", "sha256": "$CAFFE_SDIST_SHA256",
  "variant": "$variant", "recipe": "$recipe_hash", "python": "/usr/bin/python3",
+ "fast": $([ "$variant" = cpu ] && echo true || echo false), "optimization": "${optimization:--O2}",
  "cuda_dir": "${cuda_dir:-}", "cuda_arch": "${cuda_arch:-}",
  "built": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
@@ -274,6 +303,7 @@ install_runtime_packages() {
   # shellcheck disable=SC2086  # word lists
   install_debian_packages $RUNTIME_PACKAGES $RUNTIME_LIBRARIES
   install_debian_cuda_packages $CUDA_RUNTIME_LIBRARIES
+  [ "$variant" != cpu ] || install_debian_packages $FAST_RUNTIME_LIBRARIES
 }
 
 if [ "$action" = runtime ] || [ -f "$prefix/BUILD-INFO.json" ]; then
@@ -284,6 +314,7 @@ fi
 install_runtime_packages
 # shellcheck disable=SC2086
 install_debian_packages $BUILD_PACKAGES
+[ "$variant" != cpu ] || install_debian_packages $FAST_BUILD_PACKAGES
 install_debian_cuda_packages $DEBIAN_CUDA_PACKAGES
 mkdir -p "$cache/src"
 exec 9>"$cache/install.lock"

@@ -59,11 +59,12 @@ def file_digest(path, algorithm="sha256"):
     return digest.hexdigest()
 
 
-def load(name, source=None, download_dir=None, verify_md5=True):
+def load(name, source=None, download_dir=None, verify_md5=True, per_class=None):
     """Reads dataset `name` from `source` (a path), or downloads the official archive.
 
     Official archives and files are checked against their MD5; verify_md5=False
-    accepts a modified copy in the official format."""
+    accepts a modified copy in the official format. per_class (image folders
+    only) keeps the first images of each class in each split, for a quick sample."""
     info = dataset_info(name)
     official = info["official"]
     if official["format"] == "sklearn-digits":
@@ -79,7 +80,7 @@ def load(name, source=None, download_dir=None, verify_md5=True):
         raise DataError(f"source not found: {source}")
     with _opened_source(source) as root:
         if _find_image_folder(root) is not None:
-            data = _load_image_folder(root, name)
+            data = _load_image_folder(root, name, per_class)
         elif official["format"] == "cifar-pickle":
             if verify_md5 and source.is_file() and file_digest(source, "md5") != official["md5"]:
                 raise DataError(f"{name}: MD5 mismatch for {source} (expected {official['md5']} "
@@ -258,7 +259,7 @@ def _find_image_folder(root):
     return None
 
 
-def _load_image_folder(root, name):
+def _load_image_folder(root, name, per_class=None):
     from PIL import Image, UnidentifiedImageError
 
     prefix = _find_image_folder(root)
@@ -271,10 +272,10 @@ def _load_image_folder(root, name):
     if sorted(by_split["test"]) != classes:
         raise DataError(f"{name}: train and test folders name different classes")
     arrays = {}
-    for split, per_class in by_split.items():
+    for split, files in by_split.items():
         images, labels = [], []
         for label, cls in enumerate(classes):
-            for f in sorted(per_class[cls]):
+            for f in sorted(files[cls])[:per_class]:
                 try:
                     image = Image.open(io.BytesIO(root.read(f)))
                     image.load()

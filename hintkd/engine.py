@@ -33,7 +33,8 @@ def use_system_python():
 @functools.lru_cache(maxsize=None)
 def caffe_prefix():
     """The build in use: HINTKD_CAFFE_PREFIX, else the install script's prefix for
-    HINTKD_CAFFE_VARIANT (cpu by default; run_stages.sh --gpu sets cuda)."""
+    HINTKD_CAFFE_VARIANT: cpu (the fast CPU build, the default), stock (BVLC's own
+    CPU code, for comparison) or cuda (run_stages.sh --gpu sets it)."""
     if os.environ.get("HINTKD_CAFFE_PREFIX"):
         return Path(os.environ["HINTKD_CAFFE_PREFIX"])
     out = subprocess.run(["bash", str(INSTALL_SCRIPT), "--print-prefix"],

@@ -188,6 +188,24 @@ def validate(text, message="NetParameter"):
         raise GenerateError(f"generated {message} does not parse: {e}") from None
 
 
+def with_input_layer(text, shape, force_backward=False):
+    """A train_val net's text with its Data layers replaced by one Input layer
+    whose tops "data" and "label" hold a batch of `shape` (N, C, H, W): for
+    benchmarks and engine comparisons that feed the same arrays to every net
+    (BVLC Caffe serves one LMDB source per process). force_backward also
+    computes the gradient of the input."""
+    from google.protobuf import text_format
+    net = validate(text)
+    layers = [layer for layer in net.layer if layer.type != "Data"]
+    del net.layer[:]
+    data = net.layer.add(name="data", type="Input", top=["data", "label"])
+    data.input_param.shape.add(dim=shape)
+    data.input_param.shape.add(dim=shape[:1])
+    net.layer.extend(layers)
+    net.force_backward = force_backward
+    return text_format.MessageToString(net)
+
+
 def render_net(name, data, nets, heads, comment=""):
     reads_label = any(head.kind in LABEL_HEADS for head in heads)
     text = _env.get_template("train_val.prototxt.j2").render(

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test suite, on real Caffe: installs what is missing (Debian packages, the
-# Caffe build), then runs pytest under Debian's python3 (pycaffe's interpreter).
+# fast CPU build and the stock one it is compared with), then runs pytest under
+# Debian's python3 (pycaffe's interpreter).
 #   tests/run.sh [pytest arguments]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/engine/install_caffe.sh" >/dev/null
+"$ROOT/engine/install_caffe.sh" --stock >/dev/null
 cd "$ROOT"
 exec /usr/bin/python3 -m pytest -p no:cacheprovider "$@" tests

@@ -1,5 +1,7 @@
 """engine/install_caffe.sh: idempotent, and its prefix follows the recipe."""
+import json
 import shutil
+from pathlib import Path
 
 from conftest import REPO, run
 from hintkd import engine
@@ -35,3 +37,34 @@ def test_an_empty_cache_has_no_build_and_the_prefix_follows_the_recipe(tmp_path)
         f.write("# a changed recipe\n")
     changed = run(["bash", str(copy / "install_caffe.sh"), "--print-prefix"]).stdout.strip()
     assert changed != same and changed.startswith(str(engine.caffe_prefix().parent))
+
+
+def print_prefix(*args, env=None, script=INSTALL):
+    return run(["bash", str(script), *args, "--print-prefix"], env=env).stdout.strip()
+
+
+def test_fast_and_stock_builds_live_apart_and_follow_their_own_recipes(tmp_path):
+    fast, stock = print_prefix(), print_prefix("--stock")
+    assert "-cpu-" in fast and "-stock-" in stock
+    assert print_prefix(env={"HINTKD_CAFFE_VARIANT": "stock"}) == stock
+    assert print_prefix(env={"HINTKD_PORTABLE": "1"}) not in (fast, stock)  # no -march=native
+    copy = tmp_path / "engine"
+    shutil.copytree(REPO / "engine", copy)
+    with open(copy / "patches" / "fast" / "02-threaded-math.patch", "a") as f:
+        f.write("\n")
+    # A changed fast patch rebuilds the fast build only.
+    assert print_prefix(script=copy / "install_caffe.sh") != fast
+    assert print_prefix("--stock", script=copy / "install_caffe.sh") == stock
+    bad = run(["bash", INSTALL, "--print-prefix"], env={"HINTKD_CAFFE_VARIANT": "fastest"}, check=False)
+    assert bad.returncode == 2 and "cpu, stock or cuda" in bad.stderr
+
+
+def test_the_fast_build_links_onednn_and_one_openmp_runtime_and_the_stock_build_neither():
+    for variant, fast in (("--cpu", True), ("--stock", False)):
+        prefix = Path(print_prefix(variant))
+        info = json.loads((prefix / "BUILD-INFO.json").read_text())
+        assert info["fast"] is fast
+        (lib,) = prefix.glob("lib/libcaffe.so.*")
+        linked = run(["ldd", str(lib)]).stdout
+        assert ("libdnnl.so" in linked) is fast and ("libgomp.so" in linked) is fast, variant
+        assert "libiomp" not in linked and "not found" not in linked

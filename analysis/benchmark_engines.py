@@ -1,0 +1,325 @@
+#!/usr/bin/python3
+"""Training speed of the fast CPU build, the stock build and PyTorch on the same nets.
+
+    analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch]
+
+One whole training step (forward, backward, SGD update with momentum and weight
+decay) at batch 128 of 32x32x3 images, for each 6n+2 ResNet as the planner
+writes it for CIFAR-10 (conv-BN-Scale-ReLU, projection shortcuts, global
+average pooling, FC, softmax loss), in:
+  fast    this project's Caffe build (engine/install_caffe.sh)
+  stock   the stock build (engine/install_caffe.sh --stock)
+  pytorch PyTorch CPU on the identical net (same layers, shortcuts, batch and
+          thread count), installed from PyPI into the benchmark's own venv
+          ($HINTKD_CACHE/bench-venv) on first use, never a toolkit dependency.
+Each engine runs in a worker process of its own that keeps its nets loaded; the
+rounds interleave engines and nets, so that the machine's drift hits all alike.
+Also measured in the same rounds: the machine's sgemm rate (oneDNN's sgemm,
+2048^3, all threads), against which each engine's FLOP rate is a share, and the
+teacher's share of a Stage 2 step (proposed, --stage2 teacher,student depths)
+in both Caffe builds. Every engine uses OMP_NUM_THREADS threads (all cores by
+default).
+"""
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hintkd import engine  # noqa: E402
+
+BATCH = 128  # the paper's CIFAR batch (sec. 3.1)
+SHAPE = [BATCH, 3, 32, 32]
+TORCH_VERSION = "2.13.0"
+SOLVER = ('net: "{net}"\nbase_lr: 0.1\nmomentum: 0.9\nweight_decay: 0.0001\nlr_policy: "fixed"\n'
+          'max_iter: 100000000\ndisplay: 0\nsnapshot: 0\nsolver_mode: CPU\n')
+
+
+# --- the nets ----------------------------------------------------------------
+
+def plan_nets(folder, depths, stage2):
+    """Input-fed train nets written by the planner: {label: prototxt path}, and
+    each ResNet's description for PyTorch."""
+    import numpy as np
+    from hintkd import datasets, lmdb_data, netgen, plan
+
+    rng = np.random.RandomState(0)
+    sample = datasets.Dataset("cifar10", [str(i) for i in range(10)],
+                              rng.randint(0, 256, (20, 3, 32, 32), dtype=np.uint8), rng.randint(0, 10, 20),
+                              rng.randint(0, 256, (10, 3, 32, 32), dtype=np.uint8), rng.randint(0, 10, 10))
+    lmdb_data.write_dataset(sample, datasets.dataset_info("cifar10"), folder / "data")
+    nets, specs = {}, {}
+    for depth in depths:
+        opts = plan.RunOptions("cifar10", depth, depth, "student", folder / "data", folder / "runs", nets=1)
+        (stage,) = plan.plan(opts)
+        nets[f"ResNet-{depth}"] = stage / "train_val.prototxt"
+        specs[f"ResNet-{depth}"] = {"depth": depth, "widths": list(opts.widths("student")), "classes": 10}
+    teacher, student = stage2
+    opts = plan.RunOptions("cifar10", teacher, student, "proposed", folder / "data", folder / "runs", nets=1)
+    nets[f"Stage 2 ({teacher}->{student})"] = next(s for s in plan.plan(opts) if s.name == "stage2-net1") / "train_val.prototxt"
+    for label, path in nets.items():
+        fed = path.with_name("benchmark.prototxt")
+        fed.write_text(netgen.with_input_layer(path.read_text(), SHAPE))
+        nets[label] = fed
+    return nets, specs
+
+
+def training_flops(prototxt):
+    """FLOPs of one training step per image: forward, backward data and backward
+    weights of every convolution and inner product of a learning layer, forward
+    only for frozen ones (lr_mult 0: a teacher); BatchNorm and the rest are
+    bandwidth, not FLOPs."""
+    caffe = engine.import_caffe()
+    net = caffe.Net(str(prototxt), caffe.TRAIN)
+    spec = engine.caffe_pb2().NetParameter()
+    from google.protobuf import text_format
+    text_format.Parse(Path(prototxt).read_text(), spec)
+    frozen = {layer.name for layer in spec.layer if layer.param and all(p.lr_mult == 0 for p in layer.param)}
+    flops = 0
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type not in ("Convolution", "InnerProduct"):
+            continue
+        weights = layer.blobs[0].data.size
+        top = net.top_names[name][0]
+        positions = net.blobs[top].data[0].size // net.blobs[top].data.shape[1]  # output pixels
+        forward = 2 * weights * positions
+        first = net.bottom_names[name][0] == "data"  # no gradient for the images
+        flops += forward if name in frozen else forward * (2 if first else 3)
+    return flops
+
+
+# --- workers -----------------------------------------------------------------
+
+def caffe_worker(nets):
+    """Serves timing requests for Caffe nets: one solver per net."""
+    import numpy as np
+    caffe = engine.import_caffe()
+    caffe.set_mode_cpu()
+    rng = np.random.RandomState(0)
+    solvers, spans = {}, {}
+    for label, path in nets.items():
+        solver_path = Path(path).with_name("benchmark_solver.prototxt")
+        solver_path.write_text(SOLVER.format(net=path))
+        solver = caffe.get_solver(str(solver_path))
+        solver.net.blobs["data"].data[...] = rng.normal(0, 50, SHAPE)
+        solver.net.blobs["label"].data[...] = rng.randint(0, 10, BATCH)
+        solvers[label] = solver
+        names = [n for n in solver.net._layer_names if n.startswith("teacher/")]
+        spans[label] = (names[0], names[-1]) if names else None
+    serve({"step": lambda label, steps: timed(lambda: solvers[label].step(1), steps),
+           "teacher": lambda label, steps: timed(
+               lambda: solvers[label].net.forward(start=spans[label][0], end=spans[label][1]), steps)})
+
+
+def torch_worker(specs):
+    """The same ResNets in PyTorch (conv-BN-ReLU, 1x1 projection + BN shortcuts)."""
+    import torch
+    from torch import nn
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
+    torch.manual_seed(0)
+
+    def conv_bn(cin, cout, kernel, stride):
+        return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True), *conv_bn(cout, cout, 3, 1))
+            self.shortcut = (nn.Sequential(*conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout
+                             else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    def resnet(depth, widths, classes):
+        n = (depth - 2) // 6
+        layers, cin = [*conv_bn(3, widths[0], 3, 1), nn.ReLU(inplace=True)], widths[0]
+        for stage, width in enumerate(widths):
+            for b in range(n):
+                layers.append(Block(cin, width, 2 if stage and not b else 1))
+                cin = width
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
+
+    models = {}
+    for label, spec in specs.items():
+        model = resnet(spec["depth"], spec["widths"], spec["classes"]).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        data, label_t = torch.randn(SHAPE) * 50, torch.randint(0, 10, (BATCH,))
+        models[label] = (model, optimizer, data, label_t)
+
+    def step(label):
+        model, optimizer, data, target = models[label]
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(data), target).backward()
+        optimizer.step()
+
+    serve({"step": lambda label, steps: timed(lambda: step(label), steps)})
+
+
+def timed(fn, steps):
+    started = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - started) / steps
+
+
+def serve(handlers):
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        print(json.dumps({"seconds": handlers[request["what"]](request["label"], request["steps"])}), flush=True)
+
+
+class Worker:
+    def __init__(self, name, argv, env):
+        self.name = name
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, **env))
+        self.ask_line()
+
+    def ask_line(self, request=None):
+        if request is not None:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"benchmark_engines.py: the {self.name} worker stopped (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def time(self, what, label, steps):
+        return self.ask_line({"what": what, "label": label, "steps": steps})["seconds"]
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+# --- the machine's limit -------------------------------------------------------
+
+def sgemm_gflops(size=2048, repeats=3):
+    """oneDNN's sgemm on size^3 (all threads): the machine's practical FLOP peak."""
+    import numpy as np
+    dnnl = ctypes.CDLL("libdnnl.so.2")
+    dnnl.dnnl_sgemm.argtypes = [ctypes.c_char, ctypes.c_char] + [ctypes.c_int64] * 3 + [
+        ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_float, ctypes.c_void_p, ctypes.c_int64]
+    a, b = (np.random.RandomState(i).rand(size, size).astype(np.float32) for i in (1, 2))
+    c = np.zeros((size, size), np.float32)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        dnnl.dnnl_sgemm(b"N", b"N", size, size, size, 1.0, a.ctypes.data, size, b.ctypes.data, size,
+                        0.0, c.ctypes.data, size)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
+def torch_python():
+    """The benchmark's own venv with PyTorch CPU, made on first use."""
+    venv = Path(os.environ.get("HINTKD_CACHE", Path.home() / ".cache" / "hintkd")) / "bench-venv"
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", f"import torch; assert torch.__version__.startswith('{TORCH_VERSION}')"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    print(f"installing PyTorch {TORCH_VERSION} (CPU) into {venv} for the comparison ...", file=sys.stderr)
+    subprocess.run([engine.SYSTEM_PYTHON, "-m", "venv", "--clear", str(venv)], check=True)
+    # --no-deps: the CPU wheel itself, then only its pure-Python dependencies
+    # (a plain install would pull a CUDA build of several GB).
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", f"torch=={TORCH_VERSION}"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "filelock", "typing-extensions", "sympy",
+                    "networkx", "jinja2", "fsspec"], check=True)
+    subprocess.run(check, check=True)
+    return python
+
+
+# --- the run -------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depths", default="8,20,32", help="ResNet depths (6n+2), comma-separated")
+    parser.add_argument("--stage2", default="26,14", help="teacher,student depths of the Stage 2 net")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--steps", type=int, default=2, help="training steps timed per net per round")
+    parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--worker", choices=("caffe", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--nets", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker == "caffe":
+        return caffe_worker(json.loads(args.nets))
+    if args.worker == "torch":
+        return torch_worker(json.loads(args.nets))
+    engine.use_system_python()
+
+    depths = [int(d) for d in args.depths.split(",")]
+    stage2 = [int(d) for d in args.stage2.split(",")]
+    threads = os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))
+    env = {"OMP_NUM_THREADS": threads, "GLOG_minloglevel": "2"}
+    with tempfile.TemporaryDirectory() as tmp:
+        nets, specs = plan_nets(Path(tmp), depths, stage2)
+        flops = {label: training_flops(path) for label, path in nets.items()}
+        me = [engine.SYSTEM_PYTHON, str(Path(__file__).resolve()), "--nets"]
+        workers = {}
+        for build in ("fast", "stock"):
+            variant = "cpu" if build == "fast" else "stock"
+            subprocess.run(["bash", str(engine.INSTALL_SCRIPT), f"--{variant}"], check=True, stdout=subprocess.DEVNULL)
+            workers[build] = Worker(build, me + [json.dumps({k: str(v) for k, v in nets.items()}), "--worker", "caffe"],
+                                    dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX=""))
+        if not args.no_torch:
+            workers["pytorch"] = Worker("pytorch", [str(torch_python())] + me[1:] + [json.dumps(specs), "--worker", "torch"],
+                                        env)
+        resnets = [f"ResNet-{d}" for d in depths]
+        stage2_label = next(label for label in nets if label.startswith("Stage 2"))
+        times = {(w, label): [] for w in workers for label in nets}
+        teacher = {w: [] for w in ("fast", "stock")}
+        peaks = []
+        for round_ in range(args.rounds + 1):  # round 0 warms up
+            record = round_ > 0
+            peak = sgemm_gflops()
+            peaks.append(peak) if record else None
+            for label in nets:
+                for name, worker in workers.items():
+                    if name == "pytorch" and label not in resnets:
+                        continue
+                    seconds = worker.time("step", label, args.steps)
+                    if record:
+                        times[name, label].append(seconds)
+                    if label == stage2_label and record:
+                        teacher[name].append(worker.time("teacher", label, args.steps))
+            print(f"round {round_}/{args.rounds} done{'' if record else ' (warm-up)'}", file=sys.stderr, flush=True)
+        for worker in workers.values():
+            worker.close()
+
+    peak = statistics.median(peaks)
+    median = {key: statistics.median(v) for key, v in times.items() if v}
+    print(f"Training step (forward, backward, SGD update), batch {BATCH}, 32x32x3, CPU, {threads} threads; "
+          f"median of {args.rounds} interleaved rounds of {args.steps} steps")
+    print(f"machine: sgemm (oneDNN, 2048^3) {peak:.0f} GFLOP/s")
+    names = list(workers)
+    header = f"{'net':<20} {'GFLOP/img':>9} " + " ".join(f"{n + ' img/s':>13}" for n in names)
+    header += f" {'fast/stock':>10}" + (f" {'fast/pytorch':>12}" if "pytorch" in names else "")
+    header += " " + " ".join(f"{n + ' %peak':>13}" for n in names)
+    print(header)
+    for label in nets:
+        rates = {n: BATCH / median[n, label] for n in names if (n, label) in median}
+        line = f"{label:<20} {flops[label] / 1e9:>9.3f} " + " ".join(
+            f"{rates[n]:>13.1f}" if n in rates else f"{'-':>13}" for n in names)
+        line += f" {rates['fast'] / rates['stock']:>9.2f}x"
+        if "pytorch" in names:
+            line += f" {rates['fast'] / rates['pytorch']:>11.2f}x" if "pytorch" in rates else f" {'-':>12}"
+        line += " " + " ".join(f"{rates[n] * flops[label] / 1e9 / peak:>12.0%} " if n in rates else f"{'-':>13}"
+                               for n in names)
+        print(line)
+    for name in ("stock", "fast"):
+        share = statistics.median(teacher[name]) / median[name, stage2_label]
+        print(f"teacher's share of a {stage2_label} step, {name} build: {share:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""One forward and one backward pass of a net through one Caffe build, saved so
+that two builds can be compared (tests/test_fast_engine.py). Run in a process
+of its own per build: the build is the one hintkd.engine finds
+(HINTKD_CAFFE_VARIANT or HINTKD_CAFFE_PREFIX).
+
+    net_pass.py init NET WEIGHTS SEED      weights from the net's fillers (seeded), with
+                                           BatchNorm statistics and Scale parameters
+                                           drawn at random, as a trained net has them
+    net_pass.py pass NET WEIGHTS INPUTS OUT
+                                           load WEIGHTS, set the Input blobs from INPUTS
+                                           (.npz), forward, backward; OUT (.npz) holds
+                                           every blob's data and diff and every
+                                           parameter's data and diff
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # hintkd.caffe_layers (KD)
+from hintkd import engine  # noqa: E402
+
+
+def init(caffe, net_path, weights, seed):
+    caffe.set_random_seed(int(seed))
+    net = caffe.Net(net_path, caffe.TRAIN)
+    rng = np.random.RandomState(int(seed))
+    for layer in net.layers:
+        blobs = layer.blobs
+        if layer.type == "BatchNorm":
+            channels = blobs[0].data.shape
+            blobs[0].data[...] = rng.normal(0, 0.2, channels)
+            blobs[1].data[...] = rng.uniform(0.5, 2.0, channels)
+            blobs[2].data[...] = 1
+        elif layer.type == "Scale":
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
+            if len(blobs) > 1:
+                blobs[1].data[...] = rng.normal(0, 0.2, blobs[1].data.shape)
+    net.save(weights)
+
+
+def one_pass(caffe, net_path, weights, inputs, out):
+    net = caffe.Net(net_path, caffe.TRAIN, weights=weights)
+    for name, array in np.load(inputs).items():
+        net.blobs[name].data[...] = array
+    net.forward()
+    net.backward()
+    arrays = {}
+    for name, blob in net.blobs.items():
+        arrays[f"data:{name}"] = blob.data
+        arrays[f"diff:{name}"] = blob.diff
+    for name, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            arrays[f"param:{name}:{i}"] = blob.data
+            arrays[f"param_diff:{name}:{i}"] = blob.diff
+    np.savez(out, **arrays)
+
+
+def main(argv):
+    caffe = engine.import_caffe()
+    caffe.set_mode_cpu()
+    command, *args = argv
+    {"init": init, "pass": one_pass}[command](caffe, *args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,140 @@
+"""The fast CPU build (oneDNN convolutions, threaded layers) computes what the
+stock build computes.
+
+Each build runs in a process of its own (tests/helpers/net_pass.py) on the same
+weights and the same batch of 128 real CIFAR-10 images: one forward and one
+backward pass of ResNet-8 and ResNet-20 (with the input's gradient), of a Stage 1
+hint net and of a Stage 2 KD net (frozen teacher, student, KD layer). Every
+blob's data and diff, and every parameter's data (BatchNorm's running
+statistics change in a forward pass) and diff must agree.
+
+Tolerance: the fast build adds float32 numbers in another order (oneDNN's
+convolution and GEMM kernels, BatchNorm's per-channel sums in double), which
+changes the last bits of each sum (float32 keeps 24 bits, a relative 6e-8), and
+those differences grow through up to 20 convolutions and BatchNorms forward and
+back again. A whole blob must agree to RTOL in relative L2 norm, 100x above the
+largest difference seen here (a few 1e-6) and far below what any real mistake
+gives (a wrong pad, stride, layout or an overwritten instead of accumulated
+gradient is off by order 1).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SHARED, python, run
+from hintkd import datasets, lmdb_data, netgen, plan
+
+SHARED_CIFAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
+NET_PASS = REPO / "tests" / "helpers" / "net_pass.py"
+INSTALL = REPO / "engine" / "install_caffe.sh"
+BATCH = 128
+RTOL = 2e-4
+
+
+def build_env(variant):
+    return {"HINTKD_CAFFE_VARIANT": variant, "HINTKD_CAFFE_PREFIX": ""}
+
+
+@pytest.fixture(scope="module")
+def builds():
+    """Both CPU builds, installed if missing (tests/run.sh installs them first)."""
+    prefixes = {}
+    for variant in ("cpu", "stock"):
+        run(["bash", INSTALL, f"--{variant}"])
+        prefix = run(["bash", INSTALL, f"--{variant}", "--print-prefix"]).stdout.strip()
+        prefixes[variant] = json.loads((Path(prefix) / "BUILD-INFO.json").read_text())
+    assert prefixes["cpu"]["fast"] and not prefixes["stock"]["fast"]
+    return prefixes
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """Each net to compare as an Input-fed prototxt, and the batch it is fed."""
+    tmp = tmp_path_factory.mktemp("fast_engine")
+    # 13 real images of each class: 128 of them are the batch, and the planner
+    # needs a prepared dataset (its manifest's mean) to write the stage nets.
+    sample = datasets.load("cifar10", SHARED_CIFAR, per_class=13)
+    lmdb_data.write_dataset(sample, datasets.dataset_info("cifar10"), tmp / "data")
+    manifest = json.loads((tmp / "data" / "manifest.json").read_text())
+    images = sample.train_images[:BATCH].astype(np.float32)
+    images -= np.asarray(manifest["mean"], np.float32)[:, None, None]
+    np.savez(tmp / "batch.npz", data=images, label=sample.train_labels[:BATCH].astype(np.float32))
+
+    stages = {}
+    for method, teacher, student in (("student", 20, 8), ("teacher", 20, 8), ("proposed", 20, 8)):
+        opts = plan.RunOptions("cifar10", teacher, student, method, tmp / "data", tmp / "runs", nets=1)
+        stages.update({s.name: s for s in plan.plan(opts)})
+    chosen = {"resnet8": ("student-resnet8-w16.32.64", True),
+              "resnet20": ("teacher-resnet20-w16.32.64", True),
+              "stage1-hint": ("stage1-step2", False),
+              "stage2-kd": ("stage2-net1", False)}
+    paths = {}
+    for label, (stage, input_gradient) in chosen.items():
+        text = netgen.with_input_layer((stages[stage] / "train_val.prototxt").read_text(),
+                                       [BATCH, 3, 32, 32], force_backward=input_gradient)
+        paths[label] = tmp / f"{label}.prototxt"
+        paths[label].write_text(text)
+    return tmp, paths
+
+
+def net_pass(variant, *args, verbose=False):
+    env = build_env(variant)
+    if verbose:
+        env["ONEDNN_VERBOSE"] = "1"
+    return python(NET_PASS, *args, env=env)
+
+
+def compare(fast, stock):
+    """(worst relative L2 difference, its key, keys whose shapes or finiteness differ)."""
+    assert fast.files and sorted(fast.files) == sorted(stock.files)
+    worst, worst_key = 0.0, None
+    for key in stock.files:
+        a, b = fast[key].astype(np.float64), stock[key].astype(np.float64)
+        assert a.shape == b.shape, key
+        assert np.isfinite(a).all() and np.isfinite(b).all(), key
+        scale = np.linalg.norm(b)
+        diff = np.linalg.norm(a - b)
+        relative = diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf)
+        if relative > worst:
+            worst, worst_key = relative, key
+    return worst, worst_key
+
+
+@pytest.mark.parametrize("label", ["resnet8", "resnet20", "stage1-hint", "stage2-kd"])
+def test_fast_build_matches_stock(builds, nets, label):
+    tmp, paths = nets
+    net = paths[label]
+    weights = tmp / f"{label}.caffemodel"
+    net_pass("stock", "init", net, weights, 7)
+    outputs = {}
+    for variant in ("cpu", "stock"):
+        outputs[variant] = tmp / f"{label}-{variant}.npz"
+        result = net_pass(variant, "pass", net, weights, tmp / "batch.npz", outputs[variant],
+                          verbose=variant == "cpu")
+        if variant == "cpu":  # the fast build really took oneDNN's convolutions
+            assert "convolution" in result.stdout and "backward_weights" in result.stdout
+    fast, stock = np.load(outputs["cpu"]), np.load(outputs["stock"])
+    worst, key = compare(fast, stock)
+    print(f"{label}: largest relative L2 difference {worst:.2e} ({key})")
+    assert worst <= RTOL, f"{label}: {key} differs by {worst:.2e} (relative L2), tolerance {RTOL}"
+    # Something was computed: losses, gradients of the learned parameters, and
+    # (where asked for) the input's gradient are not zero.
+    diffs = [k for k in stock.files if k.startswith("param_diff:") and np.abs(stock[k]).sum() > 0]
+    assert len(diffs) > 10
+    if label in ("resnet8", "resnet20"):
+        assert np.abs(stock["diff:data"]).sum() > 0
+
+
+def test_fast_build_is_repeatable(builds, nets):
+    """The same weights, input and thread count give bit-identical results."""
+    tmp, paths = nets
+    net, weights = paths["resnet8"], tmp / "repeat.caffemodel"
+    net_pass("stock", "init", net, weights, 3)
+    first, second = tmp / "repeat-1.npz", tmp / "repeat-2.npz"
+    net_pass("cpu", "pass", net, weights, tmp / "batch.npz", first)
+    net_pass("cpu", "pass", net, weights, tmp / "batch.npz", second)
+    a, b = np.load(first), np.load(second)
+    for key in a.files:
+        assert np.array_equal(a[key], b[key]), key
