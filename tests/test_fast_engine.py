@@ -10,12 +10,17 @@ statistics change in a forward pass) and diff must agree.
 
 Tolerance: the fast build adds float32 numbers in another order (oneDNN's
 convolution and GEMM kernels, BatchNorm's per-channel sums in double), which
-changes the last bits of each sum (float32 keeps 24 bits, a relative 6e-8), and
-those differences grow through up to 20 convolutions and BatchNorms forward and
-back again. A whole blob must agree to RTOL in relative L2 norm, 100x above the
-largest difference seen here (a few 1e-6) and far below what any real mistake
-gives (a wrong pad, stride, layout or an overwritten instead of accumulated
-gradient is off by order 1).
+changes the last bits of each sum (float32 keeps 24 bits). Forward, those
+differences stay near that size (a few 1e-6 relative seen here): every top blob
+and BatchNorm statistic must agree to FORWARD_RTOL (relative L2 norm). Backward,
+they grow through every BatchNorm (its gradient subtracts two means from the top
+gradient, and what is left is small) and ReLU, to about 1e-3 relative at the
+first layers of ResNet-20: the stock build differs from itself that much when
+only the order of the batch changes. So each gradient must agree to
+NOISE_FACTOR times that noise floor, measured in the same test (the stock
+build on the same batch permuted), and never by more than BACKWARD_CAP. A real
+mistake (a wrong pad, stride or layout, an overwritten instead of accumulated
+gradient) is off by order 1.
 """
 import json
 from pathlib import Path
@@ -30,7 +35,9 @@ SHARED_CIFAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
 NET_PASS = REPO / "tests" / "helpers" / "net_pass.py"
 INSTALL = REPO / "engine" / "install_caffe.sh"
 BATCH = 128
-RTOL = 2e-4
+FORWARD_RTOL = 1e-4
+NOISE_FACTOR = 10
+BACKWARD_CAP = 5e-2
 
 
 def build_env(variant):
@@ -86,20 +93,25 @@ def net_pass(variant, *args, verbose=False):
     return python(NET_PASS, *args, env=env)
 
 
-def compare(fast, stock):
-    """(worst relative L2 difference, its key, keys whose shapes or finiteness differ)."""
-    assert fast.files and sorted(fast.files) == sorted(stock.files)
-    worst, worst_key = 0.0, None
+def differences(ours, stock, order=None):
+    """Relative L2 difference of every array, {key: difference}. order: the
+    permutation `ours` had its batch in (its batch-shaped blobs are put back)."""
+    assert ours.files and sorted(ours.files) == sorted(stock.files)
+    inverse = np.argsort(order) if order is not None else None
+    result = {}
     for key in stock.files:
-        a, b = fast[key].astype(np.float64), stock[key].astype(np.float64)
+        a, b = ours[key].astype(np.float64), stock[key].astype(np.float64)
+        if inverse is not None and key.startswith(("data:", "diff:")) and a.ndim and a.shape[0] == BATCH:
+            a = a[inverse]
         assert a.shape == b.shape, key
         assert np.isfinite(a).all() and np.isfinite(b).all(), key
-        scale = np.linalg.norm(b)
-        diff = np.linalg.norm(a - b)
-        relative = diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf)
-        if relative > worst:
-            worst, worst_key = relative, key
-    return worst, worst_key
+        scale, diff = np.linalg.norm(b), np.linalg.norm(a - b)
+        result[key] = diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf)
+    return result
+
+
+def worst(diffs, kinds):
+    return max((value, key) for key, value in diffs.items() if key.startswith(kinds))
 
 
 @pytest.mark.parametrize("label", ["resnet8", "resnet20", "stage1-hint", "stage2-kd"])
@@ -115,10 +127,21 @@ def test_fast_build_matches_stock(builds, nets, label):
                           verbose=variant == "cpu")
         if variant == "cpu":  # the fast build really took oneDNN's convolutions
             assert "convolution" in result.stdout and "backward_weights" in result.stdout
+    # The stock build's own float32 noise: the same batch in another order.
+    batch = np.load(tmp / "batch.npz")
+    order = np.random.RandomState(0).permutation(BATCH)
+    np.savez(tmp / "permuted.npz", **{name: array[order] for name, array in batch.items()})
+    net_pass("stock", "pass", net, weights, tmp / "permuted.npz", tmp / f"{label}-permuted.npz")
     fast, stock = np.load(outputs["cpu"]), np.load(outputs["stock"])
-    worst, key = compare(fast, stock)
-    print(f"{label}: largest relative L2 difference {worst:.2e} ({key})")
-    assert worst <= RTOL, f"{label}: {key} differs by {worst:.2e} (relative L2), tolerance {RTOL}"
+    ours = differences(fast, stock)
+    noise = differences(np.load(tmp / f"{label}-permuted.npz"), stock, order)
+    forward, backward = worst(ours, ("data:", "param:")), worst(ours, ("diff:", "param_diff:"))
+    floor = worst(noise, ("diff:", "param_diff:"))
+    print(f"{label}: forward {forward[0]:.1e} ({forward[1]}), backward {backward[0]:.1e} ({backward[1]}), "
+          f"stock's own order noise {floor[0]:.1e}")
+    assert forward[0] <= FORWARD_RTOL, f"{label}: {forward[1]} differs by {forward[0]:.2e}"
+    limit = min(BACKWARD_CAP, max(NOISE_FACTOR * floor[0], FORWARD_RTOL))
+    assert backward[0] <= limit, f"{label}: {backward[1]} differs by {backward[0]:.2e}, limit {limit:.2e}"
     # Something was computed: losses, gradients of the learned parameters, and
     # (where asked for) the input's gradient are not zero.
     diffs = [k for k in stock.files if k.startswith("param_diff:") and np.abs(stock[k]).sum() > 0]

@@ -8,9 +8,11 @@ of its own per build: the build is the one hintkd.engine finds
                                            drawn at random, as a trained net has them
     net_pass.py pass NET WEIGHTS INPUTS OUT
                                            load WEIGHTS, set the Input blobs from INPUTS
-                                           (.npz), forward, backward; OUT (.npz) holds
-                                           every blob's data and diff and every
-                                           parameter's data and diff
+                                           (.npz), forward and backward twice without
+                                           clearing the gradients (as a solver with
+                                           iter_size 2: parameter gradients must add
+                                           up); OUT (.npz) holds every blob's data and
+                                           diff and every parameter's data and diff
 """
 import sys
 from pathlib import Path
@@ -43,8 +45,9 @@ def one_pass(caffe, net_path, weights, inputs, out):
     net = caffe.Net(net_path, caffe.TRAIN, weights=weights)
     for name, array in np.load(inputs).items():
         net.blobs[name].data[...] = array
-    net.forward()
-    net.backward()
+    for _ in range(2):
+        net.forward()
+        net.backward()
     arrays = {}
     for name, blob in net.blobs.items():
         arrays[f"data:{name}"] = blob.data
