@@ -33,7 +33,7 @@ BATCH = 128  # the paper's CIFAR batch (sec. 3.1)
 def cifar_size_data(folder, images):
     """A prepared CIFAR-10-shaped dataset; returns it and where its images came from."""
     if SHARED_CIFAR.exists():
-        data, source = datasets.load("cifar10", SHARED_CIFAR), "real CIFAR-10 images"
+        data, source = datasets.load("cifar10", SHARED_CIFAR, per_class=13), "real CIFAR-10 images"
     else:
         rng = np.random.RandomState(0)
         data = datasets.Dataset("cifar10", [str(i) for i in range(10)],
