@@ -169,6 +169,37 @@ class Row:
         return self.paper[-1] if self.paper else None
 
 
+def welch_p(a, b):
+    """Two-sided p-value of Welch's t-test: do two rows' nets differ beyond their
+    spread? Rows whose nets all agree exactly differ with p 0 (or not at all)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return 1.0 if statistics.mean(a) == statistics.mean(b) else 0.0
+    from scipy import stats as scipy_stats
+    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+SIGNIFICANCE = 0.05
+
+
+def versus_next(rows):
+    """For each row, its Welch p-value against the next row (None where either is incomplete)."""
+    result = []
+    for row, following in zip(rows, rows[1:] + [None]):
+        if following is None or not row.complete() or not following.complete():
+            result.append(None)
+        else:
+            result.append(welch_p([c.final for c in row.cells], [c.final for c in following.cells]))
+    return result
+
+
+def _versus_text(p):
+    if p is None:
+        return ""
+    return f"p={p:.2f}, {'beyond' if p < SIGNIFICANCE else 'within'} spread"
+
+
 def collect(study):
     rows = []
     for row in study.spec["rows"]:
@@ -189,9 +220,9 @@ def _number(value, digits=2):
 def table_rows(study, rows):
     """Header and body as text cells: ours / paper per net, averages, difference, std, best."""
     header = ["Method"] + [f"Net {k}" for k in range(1, NET_COLUMNS + 1)] + \
-             ["Avg.", "Paper Avg.", "Diff.", "Std.", "Best-iteration Avg."]
+             ["Avg.", "Paper Avg.", "Diff.", "Std.", "Best-iteration Avg.", "vs. next row"]
     body = []
-    for row in rows:
+    for row, p in zip(rows, versus_next(rows)):
         nets = []
         for k in range(NET_COLUMNS):
             ours = row.cells[k].text() if k < len(row.cells) else ("-" if row.alone else "not run (--nets)")
@@ -202,7 +233,8 @@ def table_rows(study, rows):
         status = "" if row.complete() else _status(row.cells)
         diff = mean - row.paper_avg() if mean is not None and row.paper_avg() is not None else None
         body.append([row.label] + nets + [_number(mean) or status, _paper(row.paper_avg()),
-                                          "" if diff is None else f"{diff:+.2f}", _number(std), _number(best)])
+                                          "" if diff is None else f"{diff:+.2f}", _number(std), _number(best),
+                                          _versus_text(p)])
     return header, body
 
 
@@ -233,7 +265,10 @@ def notes(study):
              f"Metric: {metric}, at the last iteration of each run, as in the paper. Net cells: ours / paper. "
              "Diff. = our Avg. - paper Avg.; Std. = sample standard deviation over our nets. "
              "Best-iteration Avg. is the mean of each net's best test value at any iteration after 0: "
-             "not the paper's measure, shown for reference only."]
+             "not the paper's measure, shown for reference only. "
+             f"vs. next row: Welch's two-sided t-test between this row's nets and the next row's (last-iteration "
+             f"values); p < {SIGNIFICANCE:g} reads 'beyond spread', otherwise the two rows' difference lies within "
+             "the spread of their nets. With three nets per row only large, consistent differences pass."]
     if study.differs():
         lines.append("Our runs use another dataset or other depths than the paper's: the paper's numbers are "
                      "shown for orientation, not as a target.")
@@ -256,7 +291,8 @@ def csv_text(study, rows, reference):
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["target", "dataset", "scale", "metric", "method", "label", "net", "ours_final", "ours_best",
-                     "paper", "status"])
+                     "paper", "status", "welch_p_vs_next"])
+    p_values = dict(zip(map(id, rows), versus_next(rows)))
     for kind, group in (("row", rows), ("reference", reference)):
         for row in group:
             where = [study.name, study.dataset, f"{study.scale:g}", study.spec["metric"], row.method, row.label]
@@ -264,14 +300,16 @@ def csv_text(study, rows, reference):
                 paper = row.paper[k - 1] if row.paper and len(row.paper) == NET_COLUMNS + 1 and k <= NET_COLUMNS \
                     else (row.paper[0] if kind == "reference" and row.paper else None)
                 writer.writerow(where + [k if kind == "row" else "alone", _number(cell.final, 4),
-                                         _number(cell.best, 4), "" if paper is None else paper, cell.status])
+                                         _number(cell.best, 4), "" if paper is None else paper, cell.status, ""])
             if kind == "row":
                 mean, std = row.mean_std()
                 best, _ = row.mean_std("best")
                 status = "done" if row.complete() else _status(row.cells)
+                p = p_values[id(row)]
                 writer.writerow(where + ["avg", _number(mean, 4), _number(best, 4),
-                                         "" if row.paper_avg() is None else row.paper_avg(), status])
-                writer.writerow(where + ["std", _number(std, 4), "", "", status])
+                                         "" if row.paper_avg() is None else row.paper_avg(), status,
+                                         "" if p is None else f"{p:.4f}"])
+                writer.writerow(where + ["std", _number(std, 4), "", "", status, ""])
     return out.getvalue()
 
 

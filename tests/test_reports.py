@@ -145,6 +145,9 @@ def test_table4_reproduced_on_digits_beside_the_paper(methods_out):
     best = [100 - 100 * s["best_test"]["accuracy"] for s in nets]
     assert cells[8] == f"{statistics.mean(best):.2f}"  # the best-iteration value, in its own column only
     assert "Best-iteration Avg." in table and "not the paper's measure" in table
+    kd = next(line for line in table.splitlines() if line.startswith("| KD without Hints"))
+    assert [c.strip() for c in kd.split("|")[1:-1]][9].startswith("p=") and cells[9] == ""  # the last has no next
+    assert "Welch's two-sided t-test" in table
     assert "paper: mnist, ResNet-32 -> ResNet-8" in table
     teacher = json.loads((methods_out / "digits" / f"teacher-resnet14-w16.32.64-scale{SCALE}" / "summary.json").read_text())
     assert f"| 32-layer teacher ResNet | ResNet-14 | {100 - 100 * teacher['final_test']['accuracy']:.2f} | 0.39 |" \
@@ -166,7 +169,7 @@ def test_missing_unfinished_and_other_scale_runs_are_never_filled(methods_out):
     for line in other_scale.splitlines():
         if line.startswith(("| KD", "| Original", "| Hint", "| Proposed")):
             cells = [c.strip() for c in line.split("|")[1:-1]]
-            assert [c.split(" / ")[0] for c in cells[1:5]] == ["missing"] * 4 and cells[6:] == ["", "", ""], line
+            assert [c.split(" / ")[0] for c in cells[1:5]] == ["missing"] * 4 and cells[6:] == ["", "", "", ""], line
     # A stage killed half-way: its net is unfinished, the average is not taken over the rest.
     (net3,) = (methods_out / "digits").glob(f"hint-kd-resnet14to8-scale{SCALE}/stage2-net3")
     (net3 / "summary.json").rename(net3 / "summary.json.away")
@@ -208,3 +211,19 @@ def test_a_run_in_the_papers_own_setting_sits_beside_its_tables(tmp_path):
     assert "no table of the paper has this run's setting; the closest, table3, differs in tau" in other
     assert "###" not in other
     assert run(["/usr/bin/python3", "-m", "hintkd.report", *args[:3], "concurrent", *args[4:]]).stdout == ""
+
+
+def test_each_row_says_whether_it_differs_from_the_next_beyond_the_spread_of_its_nets():
+    from scipy import stats as scipy_stats
+
+    from hintkd.report import Cell, Row, versus_next, welch_p
+
+    def row(*values):
+        return Row("label", "kd", [Cell(final=v, status="done") for v in values], None)
+    apart, close = ([90.1, 90.3, 90.2], [91.0, 91.2, 91.1]), ([90.0, 91.0, 92.0], [90.5, 91.5, 89.9])
+    assert welch_p(*apart) == scipy_stats.ttest_ind(*apart, equal_var=False).pvalue < 0.05
+    assert welch_p(*close) > 0.05
+    assert welch_p([1, 1, 1], [1, 1, 1]) == 1.0 and welch_p([1, 1, 1], [2, 2, 2]) == 0.0
+    unfinished = Row("label", "kd", [Cell(final=1.0, status="done"), Cell(status="unfinished")], None)
+    assert versus_next([row(*apart[0]), row(*apart[1]), unfinished, row(*close[0])]) == \
+        [welch_p(*apart), None, None, None]
