@@ -10,7 +10,6 @@ Files go to OUT/reports/TARGET-DATASET-resnetTtoS[-scaleF]/: table.md, table.csv
 figure.png and figure.pdf (a table drawn as bars), and table.tex for tables.
 Runs at different scales live in different folders and never meet in one table.
 """
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +20,7 @@ from hintkd import engine  # noqa: E402
 
 engine.use_system_python()
 
-from hintkd import netgen, plan, report  # noqa: E402
-
-
-def depths(text):
-    try:
-        teacher, student = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--depths takes TEACHER,STUDENT like 14,8, got '{text}'") from None
-    return teacher, student
+from hintkd import netgen, options, plan, report  # noqa: E402
 
 
 def dry_run(study):
@@ -53,22 +44,7 @@ def dry_run(study):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("target", help=", ".join(report.targets()))
-    ap.add_argument("--dry-run", action="store_true", help="list the runs and what is left; train nothing")
-    ap.add_argument("--report-only", action="store_true", help="build the table or figure from what is finished")
-    ap.add_argument("--dataset", help="another dataset than the paper's (e.g. digits); the paper's numbers stay "
-                                      "beside ours, labelled as another setting")
-    ap.add_argument("--depths", type=depths, help="TEACHER,STUDENT depths instead of the paper's")
-    ap.add_argument("--out", default="runs", help="where data, runs and reports go (default ./runs)")
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count of the paper by F")
-    ap.add_argument("--quick", action="store_true", help="--scale from solvers/schedules.json (a smoke run)")
-    ap.add_argument("--nets", type=int, default=report.NET_COLUMNS, help="Stage 2 nets per method (paper: 3)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--source", help="dataset archive or folder on disk (passed to run_stages.sh)")
-    device = ap.add_mutually_exclusive_group()
-    device.add_argument("--cpu", action="store_true", help="train on the CPU (the default)")
-    device.add_argument("--gpu", type=int, metavar="N", help="train on GPU N")
+    ap = options.reproduce_parser(description=__doc__)
     args = ap.parse_args(argv)
     try:
         study = report.Study(args.target, Path(args.out), args.dataset, args.depths,

@@ -27,6 +27,18 @@ def show_progress(split, done, total):
         print(f"data_prep: {split}: {done}/{total} images", end=end, flush=True)
 
 
+def check_same_source(manifest, out, source):
+    """A prepared dataset is reused only for the source it was prepared from."""
+    if not source:
+        return
+    prepared = manifest.get("source") or {}
+    if prepared.get("sha256") != datasets.source_digest(Path(source)):
+        raise datasets.DataError(
+            f"{out} was prepared from {prepared.get('path', 'another source')} (sha256 "
+            f"{str(prepared.get('sha256'))[:12]}...), and --source {source} differs from it: remove {out} "
+            "or choose another --out")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
@@ -40,10 +52,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = Path(args.out or Path("runs") / "data" / args.dataset)
     try:
+        if args.source and not Path(args.source).exists():
+            raise datasets.DataError(f"--source {args.source} does not exist")
         if lmdb_data.is_prepared(out):
             manifest = lmdb_data.read_manifest(out)
             if manifest["dataset"] != args.dataset:
                 raise datasets.DataError(f"{out} holds '{manifest['dataset']}', not '{args.dataset}'")
+            check_same_source(manifest, out, args.source)
             print(f"data_prep: {out} is already prepared ({manifest['train_count']} train, "
                   f"{manifest['test_count']} test images)")
             return 0

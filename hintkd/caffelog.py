@@ -31,7 +31,7 @@ class LogParser:
     """Feed lines in order; read .train, .test, .snapshots, .warnings."""
 
     def __init__(self):
-        self.train = {}       # iteration -> {"iteration", "seconds", "loss", "lr", outputs...}
+        self.train = {}       # iteration -> {"iteration", "seconds", "total_loss", "lr", outputs...}
         self.test = {}        # iteration -> {"iteration", "seconds", outputs...}
         self.snapshots = []   # (iteration, path)
         self.restores = []
@@ -64,7 +64,9 @@ class LogParser:
         if m := ITERATION_LOSS.match(message):
             it = int(m.group(1))
             self._train_iter, self._test_iter = it, None
-            self.train[it] = {"iteration": it, "seconds": seconds, "loss": float(m.group(5))}
+            # "loss =" of this line is the weighted sum of the outputs that follow;
+            # an output may itself be named "loss" (a blob name), so the sum keeps its own name.
+            self.train[it] = {"iteration": it, "seconds": seconds, "total_loss": float(m.group(5))}
         elif m := LEARNING_RATE.match(message):
             it = int(m.group(1))
             self.train.setdefault(it, {"iteration": it, "seconds": seconds})["lr"] = float(m.group(2))

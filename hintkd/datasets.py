@@ -90,7 +90,7 @@ def load(name, source=None, download_dir=None, verify_md5=True, per_class=None):
             data = _load_mnist(root, name, official, verify_md5)
         else:
             raise DataError(f"{source} holds no train/<class>/ and test/<class>/ image folders")
-    data.source = {"path": str(source.resolve()), "sha256": _source_digest(source)}
+    data.source = {"path": str(source.resolve()), "sha256": source_digest(source)}
     _check_shape(data, info)
     return data
 
@@ -112,7 +112,8 @@ def _check_shape(data, info):
             raise DataError(f"{data.name}: {split} labels outside 0..{len(data.classes) - 1}")
 
 
-def _source_digest(source):
+def source_digest(source):
+    """sha256 of an archive, or of a folder's files and their names."""
     if source.is_file():
         return file_digest(source)
     digest = hashlib.sha256()

@@ -10,7 +10,6 @@ run with the same settings, and runs at different scales never share a folder:
     OUT/DATASET/proposed-resnet26to14/stage1-step2/         Stage 1, step 2 of 3
     OUT/DATASET/proposed-resnet26to14/stage2-net3/          Stage 2 of Net 3
 """
-import argparse
 import hashlib
 import json
 import re
@@ -100,15 +99,6 @@ class RunOptions:
         if options:
             name += "-" + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
         return name + self.scale_suffix()
-
-
-def parse_hints(text):
-    """'stage1,stage2:stage2,block4:block2' -> [(teacher point, student point), ...]"""
-    pairs = []
-    for item in text.split(","):
-        teacher, _, student = item.strip().partition(":")
-        pairs.append((teacher, student or teacher))
-    return pairs
 
 
 def point_block(net, point):
@@ -205,7 +195,7 @@ class Planner:
         # A net trained alone is shared by every method that needs it: it belongs to its role.
         self.add(folder, {"label": f"{role} ResNet-{net.depth}", "stage": "alone", "trains": role, "method": role,
                           "seed": self.opts.seed, "init": []},
-                 [net], [netgen.Head("cross_entropy", "loss", logits=net.logits)], sched, self.opts.net_id(role))
+                 [net], [netgen.Head("cross_entropy", "cross_entropy", logits=net.logits)], sched, self.opts.net_id(role))
         self.finished[entry["name"]] = (folder, None)
 
     def hint(self, entry):
@@ -271,7 +261,7 @@ class Planner:
         for block in range(1, len(student_ref.blocks) + 1):
             student = self.net("student", upto=block)
             prefix = f"student/sl{block}"
-            head = netgen.Head("step_classifier", "loss", logits=f"{prefix}/fc",
+            head = netgen.Head("step_classifier", "cross_entropy", logits=f"{prefix}/fc",
                                extra={"prefix": prefix, "features": student.blocks[-1].name,
                                       "num_classes": self.manifest["num_classes"]})
             folder = self.run_dir / f"{entry['name']}-step{block}"
@@ -292,7 +282,7 @@ class Planner:
     def _per_net(self, entry, with_teacher):
         """Stage 2, once per net: Net k starts from the same Stage 1 weights with seed + k - 1."""
         student = self.net("student")
-        heads = [netgen.Head("cross_entropy", "loss", logits=student.logits)]
+        heads = [netgen.Head("cross_entropy", "cross_entropy", logits=student.logits)]
         nets, init = [student], []
         if with_teacher:
             teacher = self.net("teacher", frozen=True)
@@ -348,58 +338,12 @@ def _planned(opts, write):
     return planner
 
 
-def add_run_arguments(parser):
-    """The options of one run, shared by generate.py plan and the reproduction."""
-    parser.add_argument("dataset")
-    parser.add_argument("teacher_depth", type=int)
-    parser.add_argument("student_depth", type=int)
-    parser.add_argument("method")
-    parser.add_argument("--data", required=True, help="prepared dataset folder")
-    parser.add_argument("--out", required=True, help="where runs go")
-    parser.add_argument("--teacher-widths", type=widths)
-    parser.add_argument("--student-widths", type=widths)
-    parser.add_argument("--shortcut", choices=netgen.SHORTCUTS, default="projection")
-    parser.add_argument("--seed", type=int, default=1, help="seed of Stage 1 and Net 1; Net k uses seed + k - 1")
-    parser.add_argument("--nets", type=int, default=3, help="Stage 2 runs once per net (paper: Nets 1-3)")
-    parser.add_argument("--hints", type=parse_hints,
-                        help="hint/guided points, T[:S] each: stage1..3, middle, last, blockK (N = their count)")
-    parser.add_argument("--hint-weights", type=_numbers(float), help="a_i of eq. 7 (default: equal)")
-    parser.add_argument("--step-iterations", type=_numbers(int), help="iterations of each layer-wise step")
-    parser.add_argument("--tau", type=float, help="softening factor (default 3, sec. 2.1)")
-    parser.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 5, sec. 3.1)")
-    parser.add_argument("--tau-squared", action="store_const", const=True,
-                        help="multiply the KD term by tau^2 (Hinton et al.; not in the paper)")
-    parser.add_argument("--regressor", action="store_true",
-                        help="a 1x1 convolutional regressor on each guided layer to the teacher's width (Tables 5-6)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count of the paper by F")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: --scale from solvers/schedules.json")
-
-
 def options_from_args(args):
     return RunOptions(args.dataset, args.teacher_depth, args.student_depth, args.method,
                       Path(args.data), Path(args.out), args.teacher_widths, args.student_widths,
                       args.shortcut, netgen.quick_scale() if args.quick else args.scale, args.seed, args.nets,
                       args.hints, args.hint_weights, args.tau, args.kd_lambda, args.tau_squared, args.regressor,
                       args.step_iterations)
-
-
-def widths(text):
-    try:
-        values = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"widths are three numbers like 16,32,64, got '{text}'")
-    return values
-
-
-def _numbers(kind):
-    def parse(text):
-        try:
-            return [kind(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{text}'") from None
-    return parse
 
 
 def _write_stage(folder, spec, net_text, solver_text):

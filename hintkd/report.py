@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hintkd import caffelog, plan, read_table, train
+from hintkd import caffelog, options, plan, read_table, train
 from hintkd.atomic import write_text
 
 PAPER = Path(__file__).resolve().parent.parent / "analysis" / "paper_results.json"
@@ -66,16 +66,16 @@ class Study:
         return [self.dataset, str(self.depths[0]), str(self.depths[1]), method, *self.spec.get("options", []),
                 "--scale", f"{self.scale:g}", "--nets", str(self.nets), "--seed", str(self.seed)]
 
-    def options(self, method):
+    def run_options(self, method):
         parser = argparse.ArgumentParser()
-        plan.add_run_arguments(parser)
+        options.add_run_arguments(parser)
         args = parser.parse_args(self.run_arguments(method) + ["--data", str(self.out / "data" / self.dataset),
                                                                "--out", str(self.out)])
         return plan.options_from_args(args)
 
     def progress(self, method):
         """[(stage folder, iterations done, max_iter)] of one method."""
-        return plan.progress(self.options(method))
+        return plan.progress(self.run_options(method))
 
     def describe(self):
         paper = f"paper: {self.spec['dataset']}, ResNet-{self.spec['teacher_depth']} -> ResNet-{self.spec['student_depth']}"
@@ -387,8 +387,10 @@ def curve_figure(study, rows, reference):
         name = caffelog.accuracy_name(tests)
         its = [r["iteration"] for r in tests if name in r]
         acc_ax.plot(its, [100 * r[name] for r in tests if name in r], color=f"C{i}", label=row.label)
-        if any("loss" in r for r in tests):
-            loss_ax.plot([r["iteration"] for r in tests if "loss" in r], [r["loss"] for r in tests if "loss" in r],
+        # "cross_entropy" names CE(y, P_S); runs made before it had that name call it "loss".
+        ce = next((key for key in ("cross_entropy", "loss") if any(key in r for r in tests)), None)
+        if ce:
+            loss_ax.plot([r["iteration"] for r in tests if ce in r], [r[ce] for r in tests if ce in r],
                          color=f"C{i}", label=row.label)
         if row.paper_avg() is not None:
             acc_ax.axhline(row.paper_avg(), color=f"C{i}", ls=":", label=f"paper: {row.label} {row.paper_avg():.2f}")
@@ -473,7 +475,7 @@ def beside_paper(opts):
         if spec["kind"] != "table" or opts.method not in methods:
             continue
         study = Study(name, opts.out, scale=opts.scale, nets=opts.nets, seed=opts.seed)  # the paper's setting
-        paper, ours = _setting(study.options(opts.method)), _setting(opts)
+        paper, ours = _setting(study.run_options(opts.method)), _setting(opts)
         differ = sorted(k for k in ours if ours[k] != paper[k])
         if not differ:
             exact.append(_run_in_table(study, opts.method))
@@ -506,7 +508,7 @@ def _run_in_table(study, method):
 def main(argv=None):
     """python3 -m hintkd.report DATASET T S METHOD --data DIR --out DIR [options]: the run beside the paper."""
     parser = argparse.ArgumentParser(prog="python3 -m hintkd.report", description=main.__doc__)
-    plan.add_run_arguments(parser)
+    options.add_run_arguments(parser)
     text = beside_paper(plan.options_from_args(parser.parse_args(argv)))
     if text:
         print("\n" + text, end="")

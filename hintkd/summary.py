@@ -30,7 +30,8 @@ def run_summary(stage_dirs):
     summary = {
         "method": last["method"], "dataset": last["dataset"], "scale": last["scale"],
         "stages": [{"label": s["label"], "folder": str(folder), "iterations": s["iterations"],
-                    "final_test": s["final_test"], "final_losses": s["final_losses"]}
+                    "final_test": s["final_test"], "final_losses": s["final_losses"],
+                    "loss_weights": s.get("loss_weights")}
                    for s, folder in zip(stages, folders)],
         "nets": {"final_accuracy": accuracies,
                  "mean": statistics.mean(accuracies) if accuracies else None,

@@ -79,7 +79,7 @@ class Progress:
         self.last_test = ""
         self.seconds_between_lines, self.last_line = seconds_between_lines, 0.0
 
-    def update(self, it, loss, lr, force=False):
+    def update(self, it, losses, lr, force=False):
         """Rewrites the line on a terminal; elsewhere writes one every few seconds."""
         if self.start_iter is None:
             self.start_iter = it - 1
@@ -89,7 +89,9 @@ class Progress:
         done = it - self.start_iter
         per_iter = (time.time() - self.started) / max(done, 1)
         left = per_iter * (self.max_iter - it)
-        line = (f"[{self.label}] iter {it}/{self.max_iter}  loss {loss:.4f}  lr {lr:g}"
+        terms = {k: v for k, v in losses.items() if k != "total_loss"}
+        parts = f" ({', '.join(f'{k} {v:.4g}' for k, v in terms.items())})" if len(terms) > 1 else ""
+        line = (f"[{self.label}] iter {it}/{self.max_iter}  total loss {losses['total_loss']:.4f}{parts}  lr {lr:g}"
                 f"{self.last_test}  {per_iter:.3f} s/iter  left {_hms(left)}")
         self.stream.write(("\r" + line.ljust(120)) if self.tty else line + "\n")
         self.stream.flush()
@@ -114,9 +116,18 @@ def learning_rate(solver_param, it):
     return solver_param.base_lr
 
 
-def total_loss(net):
+def loss_weights(net):
+    """{loss output: its loss_weight} of a net."""
     weights = dict(zip(net._blob_names, net._blob_loss_weights))
-    return sum(weights[name] * float(net.blobs[name].data.sum()) for name in net.outputs if weights[name])
+    return {name: weights[name] for name in net.outputs if weights[name]}
+
+
+def losses(net):
+    """The net's losses at its last forward pass: each term by its blob's name
+    (cross_entropy, kd, hint1, ...; unweighted, as Caffe prints them) and
+    total_loss, the weighted sum that SGD minimizes."""
+    terms = {name: float(net.blobs[name].data.sum()) for name in loss_weights(net)}
+    return {"total_loss": sum(w * terms[name] for name, w in loss_weights(net).items()), **terms}
 
 
 def train(stage_dir, gpu=None, out=sys.stdout):
@@ -158,15 +169,16 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     started, start_iter = time.time(), solver.iter
 
     def after_step():
-        loss = total_loss(solver.net)
-        if not math.isfinite(loss):
+        now = losses(solver.net)
+        if not math.isfinite(now["total_loss"]):
             progress.close()
-            raise TrainingError(f"stage '{label}': the loss became {loss} at iteration {solver.iter} "
+            raise TrainingError(f"stage '{label}': the loss became {now['total_loss']} at iteration {solver.iter} "
                                 f"(log: {log_path})")
         for record in log_reader.new_tests():
             progress.test(record)
-        progress.update(solver.iter, loss, learning_rate(solver_param, solver.iter - 1),
+        progress.update(solver.iter, now, learning_rate(solver_param, solver.iter - 1),
                         force=solver.iter == max_iter)
+        return now
 
     while solver.iter < max_iter - 1:
         solver.step(1)
@@ -175,14 +187,15 @@ def train(stage_dir, gpu=None, out=sys.stdout):
             take_snapshot(solver, stage_dir)
     # Caffe's own Solve() runs the last iteration and the final test pass.
     solver.solve()
-    after_step()
+    final_losses = {"iteration": solver.iter, **after_step()}
     progress.close()
 
     handoff.verify_frozen(solver.net, stage.get("init", []))
     tmp = stage_dir / f".{FINAL_WEIGHTS}.tmp"
     solver.net.save(str(tmp))
     os.replace(tmp, stage_dir / FINAL_WEIGHTS)
-    summary = summarize(stage_dir, stage, max_iter, time.time() - started, solver.iter - start_iter)
+    summary = summarize(stage_dir, stage, max_iter, time.time() - started, solver.iter - start_iter,
+                        final_losses, loss_weights(solver.net))
     if stage.get("tests", True) and (summary["final_test"] or {}).get("iteration") != max_iter:
         raise TrainingError(f"stage '{label}': {log_path} holds no test result for iteration {max_iter}")
     write_json(stage_dir / SUMMARY, summary)
@@ -190,11 +203,10 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     return summary
 
 
-def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run):
+def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run, final_losses, weights):
     parsed = caffelog.parse_file(stage_dir / "caffe.log")
     tests = parsed.test_records()
     final, best = caffelog.final_and_best(tests)
-    train = parsed.train_records()
     return {
         **{k: stage[k] for k in ("label", "dataset", "method", "stage", "net", "nets", "trains", "seed", "scale",
                                  "hints", "kd") if k in stage},
@@ -202,9 +214,10 @@ def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run):
         "iterations": max_iter,
         "final_test": final,
         "best_test": best,
-        # Solve() logs only the total after the last iteration: the last record with outputs by name.
-        "final_losses": next((r for r in reversed(train) if set(r) - {"iteration", "seconds", "loss", "lr"}),
-                             train[-1] if train else None),
+        # At the last iteration, read from the net (Caffe's log holds the terms only
+        # every `display` iterations): total_loss and each term, unweighted.
+        "final_losses": final_losses,
+        "loss_weights": weights,
         "test_points": len(tests),
         "seconds_this_run": round(seconds, 1),
         "seconds_per_iter": round(seconds / max(iterations_this_run, 1), 4),

@@ -32,7 +32,7 @@ I0101 00:00:00.600000 1 solver.cpp:413]     Test net output #0: accuracy = 0.25
 I0101 00:00:01.500000 1 solver.cpp:346] Iteration 200, Testing net (#0)
 I0101 00:00:01.600000 1 solver.cpp:413]     Test net output #0: accuracy = 0.5
 """)
-    assert parsed.train[100]["loss"] == 0.5 and parsed.train[100]["seconds"] == pytest.approx(0.1)
+    assert parsed.train[100]["total_loss"] == parsed.train[100]["loss"] == 0.5 and parsed.train[100]["seconds"] == pytest.approx(0.1)
     assert parsed.test[200]["accuracy"] == 0.5  # the later pass of the same iteration wins
     assert parsed.test[200]["seconds"] == pytest.approx(2.1)  # across the new year
 
@@ -43,5 +43,5 @@ def test_glog_with_a_four_digit_year():
 I20261122 07:19:57.905927  7128 solver.cpp:346] Iteration 360, Testing net (#0)
 I20261122 07:20:36.988454  7128 solver.cpp:413]     Test net output #0: accuracy = 0.9758
 """)
-    assert parsed.train[360]["loss"] == 0.0416398
+    assert parsed.train[360]["total_loss"] == 0.0416398
     assert parsed.test[360] == {"iteration": 360, "seconds": pytest.approx(39.082637), "accuracy": 0.9758}

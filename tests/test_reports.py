@@ -110,7 +110,8 @@ def test_our_own_logs_parse_with_every_output_by_name(methods_out):
     report = json.loads(parse_log(net1 / "caffe.log", "--json", "--no-csv").stdout)
     summary = json.loads((net1 / "summary.json").read_text())
     assert report["final"]["accuracy"] == summary["final_test"]["accuracy"]
-    assert {"accuracy", "loss", "kd"} <= set(report["test"][-1])
+    assert {"accuracy", "cross_entropy", "kd"} <= set(report["test"][-1])
+    assert all("total_loss" in r for r in report["train"])  # the weighted sum, never called "loss"
 
 
 # --- tables and figures --------------------------------------------------------

@@ -16,7 +16,7 @@ def input_net(dataset, depth, **options):
     info = datasets.dataset_info(dataset)
     data = netgen.DataSpec.input_only(info["channels"], info["image_size"], info["num_classes"])
     net = netgen.ResNet("student", depth, options.pop("widths", info["widths"]), info["num_classes"], **options)
-    return net, netgen.render_net("n", data, [net], [netgen.Head("cross_entropy", "loss", logits=net.logits)])
+    return net, netgen.render_net("n", data, [net], [netgen.Head("cross_entropy", "cross_entropy", logits=net.logits)])
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -50,7 +50,7 @@ def test_solver_and_lmdb_net_parse_and_build(caffe, digits_data, tmp_path, datas
         assert (sched["batch_size"], parsed.stepvalue[:], parsed.max_iter) == (64, [18000, 27000], 36000)
     net = netgen.ResNet("student", 8, (16, 32, 64), 10)
     (tmp_path / "train_val.prototxt").write_text(
-        netgen.render_net("n", data, [net], [netgen.Head("cross_entropy", "loss", logits=net.logits)]))
+        netgen.render_net("n", data, [net], [netgen.Head("cross_entropy", "cross_entropy", logits=net.logits)]))
     built = caffe.Net(str(tmp_path / "train_val.prototxt"), caffe.TRAIN)
     assert built.blobs["data"].data.shape == (sched["batch_size"], 1, 8, 8)
 

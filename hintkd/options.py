@@ -1,0 +1,262 @@
+"""The options of run_stages.sh, generate.py plan and reproduce, defined once.
+
+run_stages.sh asks this module before it does anything else:
+
+    python3 -m hintkd.options run DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD [options]
+    python3 -m hintkd.options reproduce TARGET [options]
+
+Every argument is checked here with the standard library alone (a fresh machine
+has nothing else yet), so a bad one stops the call before anything is
+installed, prepared or written, with one line that names run_stages.sh and
+says what to give instead. `run` prints the parsed values as shell assignments
+for the driver; `reproduce` prints nothing.
+"""
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from hintkd import read_table
+
+REPO = Path(__file__).resolve().parent.parent
+PROG = "run_stages.sh"
+SHORTCUTS = ("projection", "zero_pad")
+
+
+def method_names():
+    return list(read_table(REPO / "solvers" / "methods.json"))
+
+
+def dataset_names():
+    return list(read_table(REPO / "data_prep" / "datasets.json"))
+
+
+def target_names():
+    return list(read_table(REPO / "analysis" / "paper_results.json"))
+
+
+def quick_scale():
+    return json.loads((REPO / "solvers" / "schedules.json").read_text())["quick"]["scale"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, naming the script the user typed."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- value types: each says what it wants ------------------------------------
+
+def depth(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a depth is a whole number like 14, got '{text}'") from None
+    if value < 8 or (value - 2) % 6:
+        raise argparse.ArgumentTypeError(f"depth {value} is not 6n+2 with n >= 1: use 8, 14, 20, 26, 32, ...")
+    return value
+
+
+def depth_pair(text):
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"--depths takes TEACHER,STUDENT like 14,8, got '{text}'")
+    return tuple(depth(p) for p in parts)
+
+
+def dataset(text):
+    if text not in dataset_names():
+        raise argparse.ArgumentTypeError(f"unknown dataset '{text}': use one of {', '.join(dataset_names())}")
+    return text
+
+
+def method(text):
+    if text not in method_names():
+        raise argparse.ArgumentTypeError(f"unknown method '{text}': use one of {', '.join(method_names())}")
+    return text
+
+
+def target(text):
+    if text not in target_names():
+        raise argparse.ArgumentTypeError(f"unknown target '{text}': use one of {', '.join(target_names())}")
+    return text
+
+
+def positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} number, got '{text}'") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number above 0, got '{text}'")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def existing_path(text):
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"'{text}' does not exist: give the dataset archive or folder on disk")
+    return text
+
+
+def gpu(text):
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"{text}: multi-GPU data parallel is not available in this Caffe "
+                                         "(no NCCL; README 'On a GPU'): give one device")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpu takes a device number like 0, got '{text}'") from None
+
+
+def widths(text):
+    try:
+        values = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"widths are three numbers like 16,32,64, got '{text}'")
+    return values
+
+
+def numbers(kind):
+    def parse(text):
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{text}'") from None
+    return parse
+
+
+def hints(text):
+    """'stage1,stage2:stage2,block4:block2' -> [(teacher point, student point), ...]"""
+    pairs = []
+    for item in text.split(","):
+        teacher, _, student = item.strip().partition(":")
+        pairs.append((teacher, student or teacher))
+    return pairs
+
+
+# --- the option sets -------------------------------------------------------------
+
+def add_run_options(parser):
+    """One run's method and settings: what generate.py plan and run_stages.sh share."""
+    parser.add_argument("dataset", type=dataset)
+    parser.add_argument("teacher_depth", type=depth)
+    parser.add_argument("student_depth", type=depth)
+    parser.add_argument("method", type=method)
+    parser.add_argument("--teacher-widths", type=widths)
+    parser.add_argument("--student-widths", type=widths)
+    parser.add_argument("--shortcut", choices=SHORTCUTS, default="projection")
+    parser.add_argument("--seed", type=int, default=1, help="seed of Stage 1 and Net 1; Net k uses seed + k - 1")
+    parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 runs once per net (paper: Nets 1-3)")
+    parser.add_argument("--hints", type=hints,
+                        help="hint/guided points, T[:S] each: stage1..3, middle, last, blockK (N = their count)")
+    parser.add_argument("--hint-weights", type=numbers(float), help="a_i of eq. 7 (default: equal)")
+    parser.add_argument("--step-iterations", type=numbers(int), help="iterations of each layer-wise step")
+    parser.add_argument("--tau", type=positive(float), help="softening factor (default 3, sec. 2.1)")
+    parser.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 5, sec. 3.1)")
+    parser.add_argument("--tau-squared", action="store_const", const=True,
+                        help="multiply the KD term by tau^2 (Hinton et al.; not in the paper)")
+    parser.add_argument("--regressor", action="store_true",
+                        help="a 1x1 convolutional regressor on each guided layer to the teacher's width (Tables 5-6)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--scale", type=positive(float), default=1.0,
+                       help="multiply every iteration count of the paper by F")
+    scale.add_argument("--quick", action="store_true", help="a smoke run: --scale from solvers/schedules.json")
+
+
+def add_run_arguments(parser):
+    """generate.py plan's arguments: a run's options and where its data and stages are."""
+    add_run_options(parser)
+    parser.add_argument("--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--out", required=True, help="where runs go")
+
+
+def add_device_options(parser):
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--cpu", action="store_true", help="train on the CPU (the default)")
+    device.add_argument("--gpu", type=gpu, metavar="N", help="train on GPU N")
+
+
+def run_parser():
+    """run_stages.sh DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD [options]"""
+    parser = OneLineParser(prog=PROG)
+    add_run_options(parser)
+    add_device_options(parser)
+    parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk (default: download)")
+    parser.add_argument("--out", default=os.environ.get("HINTKD_OUT", "runs"),
+                        help="where data and runs go (default: $HINTKD_OUT or ./runs)")
+    return parser
+
+
+def reproduce_parser(prog=f"{PROG} reproduce", description=None):
+    parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", type=target, help=", ".join(target_names()))
+    parser.add_argument("--dry-run", action="store_true", help="list the runs, what is left and its time; train nothing")
+    parser.add_argument("--report-only", action="store_true", help="build the table or figure from what is finished")
+    parser.add_argument("--dataset", type=dataset, help="another dataset than the paper's (e.g. digits); the paper's "
+                                                        "numbers stay beside ours, labelled as another setting")
+    parser.add_argument("--depths", type=depth_pair, help="TEACHER,STUDENT depths instead of the paper's")
+    parser.add_argument("--out", default=os.environ.get("HINTKD_OUT", "runs"),
+                        help="where data, runs and reports go (default: $HINTKD_OUT or ./runs)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--scale", type=positive(float), default=1.0,
+                       help="multiply every iteration count of the paper by F")
+    scale.add_argument("--quick", action="store_true", help="--scale from solvers/schedules.json (a smoke run)")
+    parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 nets per method (paper: 3)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk (passed to run_stages.sh)")
+    add_device_options(parser)
+    return parser
+
+
+DRIVER_OPTIONS = {"--cpu": 0, "--gpu": 1, "--source": 1, "--out": 1}  # option: values it takes
+
+
+def shell_assignments(argv):
+    """Checks run_stages.sh's arguments; returns bash assignments for the driver."""
+    args = run_parser().parse_args(argv)
+    plan_options, rest = [], argv[4:]
+    while rest:  # everything but the driver's own options goes to generate.py plan as typed
+        token = rest.pop(0)
+        name = token.split("=", 1)[0]
+        if name in DRIVER_OPTIONS:
+            if "=" not in token:
+                del rest[:DRIVER_OPTIONS[name]]
+            continue
+        plan_options.append(token)
+    values = {"dataset": args.dataset, "teacher_depth": args.teacher_depth, "student_depth": args.student_depth,
+              "method": args.method, "out": str(Path(args.out).resolve()),
+              "source": str(Path(args.source).resolve()) if args.source else "",
+              "gpu": "" if args.gpu is None else str(args.gpu)}
+    lines = [f"{k}={shlex.quote(str(v))}" for k, v in values.items()]
+    lines.append("plan_options=(" + " ".join(shlex.quote(t) for t in plan_options) + ")")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if command == "run":
+        if len(rest) < 4 or any(a.startswith("-") for a in rest[:4]):
+            print(f"{PROG}: error: expected DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD first, e.g. "
+                  f"'{PROG} digits 14 8 proposed' (see {PROG} --help)", file=sys.stderr)
+            return 2
+        print(shell_assignments(rest))
+    elif command == "reproduce":
+        reproduce_parser().parse_args(rest)
+    else:
+        print("usage: python3 -m hintkd.options run|reproduce ARGS...", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
