@@ -20,26 +20,37 @@ from hintkd import engine  # noqa: E402
 
 engine.use_system_python()
 
-from hintkd import netgen, options, plan, report  # noqa: E402
+from hintkd import estimate, netgen, options, plan, report  # noqa: E402
 
 
-def dry_run(study):
-    """Prints every run with its stages' progress; returns the iterations still to go."""
+def dry_run(study, source=None):
+    """Prints every run with its stages' progress, the time left on this machine and
+    where the data comes from; returns the iterations still to go."""
     print(f"{study.name}: {study.spec['title']}")
     print(f"  {study.describe()}; runs under {study.out}")
-    seen, to_go = set(), 0
+    print(f"  data: {estimate.data_needs(study.dataset, study.out / 'data' / study.dataset, source)}")
+    estimator, left_of = estimate.Estimator(), {}  # stage folder -> (iterations, seconds) left
+    for method in study.methods():  # finished stages first teach the estimator this machine's speed
+        for folder, _, _ in study.progress(method):
+            estimator.learn(folder)
     for method in study.methods():
+        planner = plan.planned(study.run_options(method), write=False)
         stages = study.progress(method)
         done = sum(d for _, d, _ in stages)
         total = sum(t for _, _, t in stages)
         state = "done" if done == total else ("started" if done else "to do")
         folder = stages[0][0] if len(stages) == 1 else stages[-1][0].parent
-        print(f"  {method:<13} {state:<8} {done:>8}/{total:<8} iterations  {folder}")
-        for folder, d, t in stages:
-            if folder not in seen:
-                seen.add(folder)
-                to_go += t - d
-    print(f"  iterations still to go: {to_go} (a stage shared by several runs, such as the teacher, counted once)")
+        for stage, d, t in stages:
+            if stage not in left_of:
+                per_iter = estimator.seconds_per_iter(planner, stage)[0] if d < t else 0
+                left_of[stage] = (t - d, estimate.stage_seconds(planner, stage, d, t, per_iter))
+        left = sum(left_of[stage][1] for stage, _, _ in stages)  # its shared stages (a teacher) included
+        print(f"  {method:<13} {state:<8} {done:>8}/{total:<8} iterations  {estimate.hms(left):>9} left  {folder}")
+    to_go = sum(iterations for iterations, _ in left_of.values())
+    seconds = sum(seconds for _, seconds in left_of.values())
+    print(f"  iterations still to go: {to_go} (a stage shared by several runs, such as the teacher, counted once); "
+          f"about {estimate.hms(seconds)} on this machine (speeds measured here: finished stages, else a short "
+          "timing of each net)")
     return to_go
 
 
@@ -50,7 +61,7 @@ def main(argv=None):
         study = report.Study(args.target, Path(args.out), args.dataset, args.depths,
                              netgen.quick_scale() if args.quick else args.scale, args.nets, args.seed)
         if args.dry_run:
-            dry_run(study)
+            dry_run(study, args.source)
             return 0
         if not args.report_only:
             for method in study.methods():

@@ -64,6 +64,21 @@ CUDA_RUNTIME_LIBRARIES="libcudart11.0 libcublas11 libcublaslt11 libcurand10"
 FAST_BUILD_PACKAGES="libdnnl-dev"
 FAST_RUNTIME_LIBRARIES="libdnnl2 libgomp1"
 
+# Progress over the build steps make reports (its output on stdin): one rewritten
+# line on a terminal, a line every tenth of the way in a log or pipe; the count
+# never passes the total (an estimate, raised when make does more).
+build_progress() {
+  local tty=0
+  [ -t 2 ] && tty=1
+  awk -v total="$1" -v tty="$tty" '
+    /^(CXX|NVCC|LD|AR|PROTOC)/ {
+      n++; if (n > total) total = n
+      if (tty) { printf "\r[install_caffe] %d/%d build steps", n, total > "/dev/stderr"; fflush("/dev/stderr") }
+      else if (int(10 * n / total) > int(10 * (n - 1) / total)) print "[install_caffe] " n "/" total " build steps" > "/dev/stderr"
+    }
+    END { if (tty) print "" > "/dev/stderr"; print "[install_caffe] " n "/" n " build steps done" > "/dev/stderr" }'
+}
+
 variant=${HINTKD_CAFFE_VARIANT:-cpu}
 action=install
 for arg in "$@"; do
@@ -74,6 +89,7 @@ for arg in "$@"; do
     --runtime) action=runtime ;;
     --check) action=check ;;
     --stock) variant=stock ;;
+    --progress-filter=*) build_progress "${arg#*=}"; exit ;;  # the build's progress on stdin, for tests
     -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
     *) echo "install_caffe.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
@@ -246,9 +262,7 @@ build() {
   total=$(( $(find "$tree/src/caffe" "$tree/tools" -name '*.cpp' ! -name 'test_*' | wc -l)
             + $(find "$tree/tools" -maxdepth 1 -name '*.cpp' | wc -l) + 4 ))
   say "building Caffe ($variant) with $jobs jobs; full log: $log"
-  # Progress: one counter line over the compile steps make reports.
-  local status=0
-  local device_flags=(CPU_ONLY=1)
+  local status=0 device_flags=(CPU_ONLY=1)
   [ "$variant" = cpu ] && device_flags+=("OPTIMIZATION=$optimization")
   if [ "$variant" = cuda ]; then
     device_flags=(CPU_ONLY= "CUDA_DIR=$cuda_dir" "CUDA_ARCH=$cuda_arch")
@@ -259,9 +273,7 @@ build() {
     export PATH="$tools:$PATH"
     total=$(( total + $(find "$tree/src/caffe" -name '*.cu' ! -name 'test_*' | wc -l) ))
   fi
-  make -C "$tree" -j"$jobs" all pycaffe "${device_flags[@]}" 2>&1 | tee "$log" |
-    awk -v total="$total" '/^(CXX|NVCC|LD|AR|PROTOC)/ { n++; printf "\r[install_caffe] %d/~%d build steps", n, total > "/dev/stderr"; fflush("/dev/stderr") }
-                           END { print "" > "/dev/stderr" }' || status=$?
+  make -C "$tree" -j"$jobs" all pycaffe "${device_flags[@]}" 2>&1 | tee "$log" | build_progress "$total" || status=$?
   if [ "$status" -ne 0 ]; then
     say "Caffe build failed; the last lines of $log:"
     tail -n 30 "$log" >&2

@@ -134,6 +134,7 @@ class Planner:
         self.finished = {}   # stage name -> (folder, student blocks it trained)
         self.stages = []
         self.iterations_of = {}  # stage folder -> its max_iter
+        self.parts = {}  # stage folder -> (net name, nets, heads, schedule): what a dry run times
 
     def net(self, role, frozen=False, upto=None):
         return netgen.ResNet(role, self.opts.depth(role), self.opts.widths(role), self.manifest["num_classes"],
@@ -171,6 +172,7 @@ class Planner:
     def add(self, folder, spec, nets, heads, sched, name):
         self.stages.append(folder)
         self.iterations_of[folder] = sched["max_iter"]
+        self.parts[folder] = (name, nets, heads, sched)
         if not self.write:
             return
         data = self.data(sched)
@@ -313,12 +315,12 @@ class Planner:
 
 def plan(opts, write=True):
     """Writes every stage folder of opts.method; returns them in training order."""
-    return _planned(opts, write).stages
+    return planned(opts, write).stages
 
 
 def progress(opts):
     """[(stage folder, iterations done, max_iter)] of a method, in training order; writes nothing."""
-    planner = _planned(opts, write=False)
+    planner = planned(opts, write=False)
     rows = []
     for folder in planner.stages:
         total = planner.iterations_of[folder]
@@ -328,7 +330,8 @@ def progress(opts):
     return rows
 
 
-def _planned(opts, write):
+def planned(opts, write):
+    """The Planner after planning opts.method (its stages, their iterations and nets)."""
     planner = Planner(opts, write)
     for entry in method_table()[opts.method]["stages"]:
         kind = getattr(planner, entry["kind"], None)

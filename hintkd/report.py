@@ -275,11 +275,11 @@ def notes(study):
     return lines
 
 
-def markdown(study, rows, reference):
+def markdown(study, rows, reference, heading=None):
     def table(header, body):
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return lines + ["| " + " | ".join(cells) + " |" for cells in body]
-    parts = [f"### {notes(study)[0]}", ""] + [line + "  " for line in notes(study)[1:]]
+    parts = [f"### {heading or notes(study)[0]}", ""] + [line + "  " for line in notes(study)[1:]]
     if rows:
         parts += [""] + table(*table_rows(study, rows))
     if reference:
@@ -502,16 +502,27 @@ def _run_in_table(study, method):
         command += f" --dataset {study.dataset} --depths {study.depths[0]},{study.depths[1]}"
     if study.scale != 1:
         command += f" --scale {study.scale:g}"
-    return markdown(study, rows, reference) + f"\nThe whole table: {command}\n"
+    heading = None
+    if study.differs():  # say so before the paper's title, which names the paper's setting
+        heading = (f"Another setting than the paper's ({study.dataset}, ResNet-{study.depths[0]} -> "
+                   f"ResNet-{study.depths[1]}), beside the closest table: {notes(study)[0]}")
+    return markdown(study, rows, reference, heading) + f"\nThe whole table: {command}\n"
 
 
 def main(argv=None):
     """python3 -m hintkd.report DATASET T S METHOD --data DIR --out DIR [options]: the run beside the paper."""
     parser = argparse.ArgumentParser(prog="python3 -m hintkd.report", description=main.__doc__)
     options.add_run_arguments(parser)
-    text = beside_paper(plan.options_from_args(parser.parse_args(argv)))
+    opts = plan.options_from_args(parser.parse_args(argv))
+    text = beside_paper(opts)
     if text:
         print("\n" + text, end="")
+        # Beside run.json (a teacher-student run) or the summary of a net trained alone.
+        stages = plan.plan(opts, write=False)
+        path = (stages[-1].parent if len(stages) > 1 else stages[0]) / "comparison.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, text)
+        print(f"comparison with the paper: {path}")
     return 0
 
 

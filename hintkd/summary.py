@@ -5,13 +5,15 @@
 A run of a teacher-student method gets OUT/DATASET/<run>/run.json: the method,
 its stages in training order with their final test results and final losses,
 and the final test accuracy of each net with their mean and standard deviation.
-A net trained alone is its own run: its summary.json says it all.
+A net trained alone is its own run: its summary.json says it all. Beside either
+goes training.png/.pdf, the run's training curves (hintkd.curves).
 """
 import json
 import statistics
 import sys
 from pathlib import Path
 
+from hintkd import curves
 from hintkd.atomic import write_json
 from hintkd.train import SUMMARY
 
@@ -49,6 +51,8 @@ def main(argv=None):
         print(f"  {Path(folder).resolve() / SUMMARY}")
     path = run_summary(stage_dirs)
     print(f"run summary: {path}")
+    figure = curves.training_figure(stage_dirs, path.parent / "training")
+    print(f"training curves: {', '.join(map(str, figure))}")
     nets = json.loads(path.read_text()).get("nets", {})
     if nets.get("final_accuracy"):
         print(f"final test accuracy of Nets 1-{len(nets['final_accuracy'])}: "

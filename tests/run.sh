@@ -8,4 +8,5 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/engine/install_caffe.sh" >/dev/null
 "$ROOT/engine/install_caffe.sh" --stock >/dev/null
 cd "$ROOT"
-exec /usr/bin/python3 -m pytest -p no:cacheprovider "$@" tests
+# -rs: every skipped test says why (a build or a tool this machine lacks).
+exec /usr/bin/python3 -m pytest -p no:cacheprovider -rs "$@" tests

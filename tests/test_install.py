@@ -1,6 +1,8 @@
 """engine/install_caffe.sh: idempotent, and its prefix follows the recipe."""
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from conftest import REPO, run
@@ -68,3 +70,23 @@ def test_the_fast_build_links_onednn_and_one_openmp_runtime_and_the_stock_build_
         linked = run(["ldd", str(lib)]).stdout
         assert ("libdnnl.so" in linked) is fast and ("libgomp.so" in linked) is fast, variant
         assert "libiomp" not in linked and "not found" not in linked
+
+
+def test_build_progress_in_a_log_is_line_based_and_never_passes_its_total():
+    """What install_caffe.sh prints while make runs, written to a pipe (as into a log file)."""
+    make_output = "".join(f"CXX src/caffe/file{i}.cpp\nsome compiler noise\n" for i in range(25)) + "LD libcaffe.so\n"
+    result = subprocess.run(["bash", INSTALL, "--progress-filter=20"], input=make_output, capture_output=True,
+                            text=True, check=True)
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr and 5 <= len(lines) <= 30
+    for line in lines:
+        done, total = map(int, re.search(r"(\d+)/(\d+) build steps", line).groups())
+        assert done <= total
+    assert lines[-1] == "[install_caffe] 26/26 build steps done"
+
+
+def test_the_readme_test_command_says_why_a_test_is_skipped():
+    """tests/run.sh asks pytest for the reason of every skip (-rs): a missing CUDA build, a missing tool."""
+    result = run(["bash", "-x", str(REPO / "tests" / "run.sh"), "--collect-only", "-q", "tests/test_install.py"],
+                 check=False)
+    assert re.search(r"python3 -m pytest -p no:cacheprovider -rs ", result.stderr), result.stderr[-500:]

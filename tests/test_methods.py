@@ -42,11 +42,27 @@ def test_every_method_runs_end_to_end(methods_out, method):
     net1 = run_summary["nets"]["final_accuracy"][0]
     assert f"final test accuracy of Nets 1-3: {100 * net1:.2f}%" in result.stdout
     if method != "concurrent":  # in figures only; every other method has a row in a table of the paper
-        table = result.stdout[result.stdout.index("### TABLE "):]
+        # digits is not the paper's dataset: the heading says so before it names the paper's table
+        table = result.stdout[result.stdout.index("### Another setting than the paper's (digits, ResNet-14 -> "
+                                                  "ResNet-8), beside the closest table: TABLE "):]
         row = next(line for line in table.splitlines() if line.startswith("| ") and " / " in line)
         metric = 100 * net1 if "P_c" in table.splitlines()[0] else 100 - 100 * net1
         assert row.split("|")[2].strip().startswith(f"{metric:.2f} / ")  # ours, then the paper's Net 1
         assert "The whole table: ./run_stages.sh reproduce table" in table and "--dataset digits --depths 14,8" in table
+        comparison = folders[0].parent / "comparison.md"
+        assert comparison.read_text() in result.stdout and f"comparison with the paper: {comparison}" in result.stdout
+    # The run's training, drawn: every stage, every loss term, test accuracy, learning rate.
+    figures = [folders[0].parent / f"training.{suffix}" for suffix in ("png", "pdf")]
+    assert all(f.stat().st_size > 10000 for f in figures)
+    assert f"training curves: {figures[0]}, {figures[1]}" in result.stdout
+    # One name per quantity: total_loss is the weighted sum; each term keeps its head's name.
+    for stage in run_summary["stages"]:
+        losses, weights = stage["final_losses"], stage["loss_weights"]
+        assert losses["iteration"] == stage["iterations"]  # the last iteration, not the last display
+        assert set(losses) - {"iteration", "total_loss"} == set(weights)
+        assert losses["total_loss"] == pytest.approx(sum(w * losses[k] for k, w in weights.items()), rel=1e-5)
+        assert "loss" not in losses
+    assert " total loss " in result.stdout and " loss " not in result.stdout.replace(" total loss ", "")
     assert run_summary["method"] == method and len(run_summary["nets"]["final_accuracy"]) == 3
     assert run_summary["nets"]["mean"] == pytest.approx(np.mean(run_summary["nets"]["final_accuracy"]))
     assert [s["folder"] for s in run_summary["stages"][-3:]] == [str(f) for f in nets]

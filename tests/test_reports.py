@@ -4,6 +4,8 @@ import gzip
 import json
 import statistics
 
+import re
+
 import pytest
 
 from conftest import REPO, SCALE, SHARED, run
@@ -131,6 +133,8 @@ def accuracies(out, method, nets=3):
 def test_table4_reproduced_on_digits_beside_the_paper(methods_out):
     dry = reproduce("table4", *DIGITS, "--out", methods_out, "--dry-run").stdout
     assert "iterations still to go" in dry and "sl-resnet-kd" in dry and "student" in dry
+    assert f"data: digits: prepared at {methods_out / 'data' / 'digits'}" in dry
+    assert re.search(r"about \d+:\d\d:\d\d on this machine", dry) and re.search(r"\d:\d\d:\d\d left", dry)
     result = reproduce("table4", *DIGITS, "--out", methods_out)
     folder = methods_out / "reports" / f"table4-digits-resnet14to8-scale{SCALE}"
     assert {p.name for p in folder.iterdir()} == {"table.md", "table.csv", "table.tex", "figure.png", "figure.pdf"}
@@ -195,7 +199,8 @@ def test_figures_from_runs_made_here(methods_out, figure):
 
 def test_unknown_target_and_bad_options(methods_out):
     result = reproduce("table9", "--out", methods_out, "--dry-run", check=False)
-    assert result.returncode == 1 and "unknown target 'table9'" in result.stderr
+    assert result.returncode == 2 and "unknown target 'table9'" in result.stderr
+    assert result.stderr.startswith("run_stages.sh reproduce: error: ") and result.stderr.count("\n") == 1
     result = reproduce("table1", "--depths", "14", "--dry-run", check=False)
     assert result.returncode == 2 and "--depths takes TEACHER,STUDENT" in result.stderr
 
@@ -206,6 +211,7 @@ def test_a_run_in_the_papers_own_setting_sits_beside_its_tables(tmp_path):
     args = ["mnist", "32", "8", "proposed", "--data", str(tmp_path / "data" / "mnist"), "--out", str(tmp_path)]
     text = run(["/usr/bin/python3", "-m", "hintkd.report", *args, "--scale", "0.5"]).stdout
     assert "### TABLE 3 P_e" in text and "### TABLE 4 P_e" in text and "orientation" not in text
+    assert "Another setting" not in text  # the paper's own setting: the paper's heading as it is
     assert "| Proposed approach | missing / 0.41 | missing / 0.4 | missing / 0.44 | missing | 0.416 |" in text
     assert "The whole table: ./run_stages.sh reproduce table3 --scale 0.5" in text
     other = run(["/usr/bin/python3", "-m", "hintkd.report", *args, "--tau", "2"]).stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, python, run
+from conftest import REPO, SHARED_MNIST, python, run
 from hintkd import engine, plan, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
@@ -112,13 +112,34 @@ def test_a_second_driver_on_the_same_output_folder_refuses(digits_data, tmp_path
 
 
 @pytest.mark.parametrize("args,message", [
-    (["digits", "14", "8", "nomethod"], "unknown method 'nomethod'"),
-    (["digits", "13", "8", "student"], "depth 13 is not 6n+2"),
-    (["digits", "14", "8", "student", "--bogus"], "unknown option '--bogus'"),
+    (["digits", "14", "8", "nomethod"], "unknown method 'nomethod': use one of teacher, student"),
+    (["digits", "13", "8", "student"], "depth 13 is not 6n+2 with n >= 1: use 8, 14, 20"),
+    (["digitz", "14", "8", "student"], "unknown dataset 'digitz'"),
+    (["digits", "14", "8", "student", "--bogus"], "unrecognized arguments: --bogus"),
+    (["mnist", "14", "8", "student", "--source", "/no/such/mnist"], "'/no/such/mnist' does not exist"),
+    (["digits", "14", "8", "student", "--gpu", "0,1"], "multi-GPU data parallel is not available"),
+    (["digits", "14", "8", "student", "--scale", "0"], "expected a number above 0"),
+    (["digits", "14"], "expected DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD first"),
 ])
-def test_driver_rejects_bad_arguments_clearly(digits_data, tmp_path, args, message):
+def test_driver_rejects_bad_arguments_before_any_work(tmp_path, args, message):
+    """One line naming run_stages.sh, and nothing prepared or written (a fresh --out stays absent)."""
+    out = tmp_path / "runs"
+    result = run([RUN_STAGES, *args, "--out", str(out)], check=False)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.startswith("run_stages.sh: error: ") and result.stderr.count("\n") == 1
+    assert result.stdout == "" and not out.exists()
+
+
+def test_a_source_other_than_the_prepared_one_is_refused(tmp_path, mnist_2k):
+    """A dataset prepared from one source is never silently reused for another."""
     out = tmp_path / "runs"
     (out / "data").mkdir(parents=True)
-    os.symlink(digits_data, out / "data" / "digits")
-    result = run([RUN_STAGES, *args, "--out", str(out)], check=False)
-    assert result.returncode != 0 and message in result.stderr
+    os.symlink(mnist_2k, out / "data" / "mnist")
+    other = tmp_path / "other-mnist"
+    other.mkdir()
+    for f in SHARED_MNIST.iterdir():
+        (other / f.name).write_bytes(f.read_bytes()[:-1] + b"\x00")  # one byte changed
+    result = run([RUN_STAGES, "mnist", "14", "8", "student", "--source", str(other), "--out", str(out)], check=False)
+    assert result.returncode != 0
+    assert f"was prepared from {SHARED_MNIST.resolve()}" in result.stderr and f"--source {other}" in result.stderr
+    assert not list(out.glob("mnist/student-*"))
