@@ -31,11 +31,12 @@ def training_figure(stage_dirs, path_base):
     fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(3, 1, sharex=True, figsize=(11, 8.5),
                                                  gridspec_kw={"height_ratios": [3, 2, 1.2]})
     colors, offset = {}, 0
-    for label, iterations, train, tests in stages:
+    for i, (label, iterations, train, tests) in enumerate(stages):
         for ax in (loss_ax, acc_ax, lr_ax):
             ax.axvline(offset, color="0.6", ls=":", lw=1)
-        loss_ax.text(offset, 1.01, f" {label}", transform=loss_ax.get_xaxis_transform(), rotation=30,
-                     fontsize=7, va="bottom", ha="left")
+        # Labels alternate between two heights, so that short stages' labels do not overlap.
+        loss_ax.text(offset, 1.01 + 0.09 * (i % 2), f" {label}", transform=loss_ax.get_xaxis_transform(),
+                     rotation=20, fontsize=7, va="bottom", ha="left")
         terms = sorted({k for r in train for k in r} - {"iteration", "seconds", "lr", "total_loss"})
         for name in ["total_loss"] + terms:
             points = [(offset + r["iteration"], r[name]) for r in train if name in r and r[name] > 0]
