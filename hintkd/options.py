@@ -222,7 +222,13 @@ DRIVER_OPTIONS = {"--cpu": 0, "--gpu": 1, "--source": 1, "--out": 1}  # option: 
 
 def shell_assignments(argv):
     """Checks run_stages.sh's arguments; returns bash assignments for the driver."""
-    args = run_parser().parse_args(argv)
+    parser = run_parser()
+    args = parser.parse_args(argv)
+    source_format = read_table(REPO / "data_prep" / "datasets.json")[args.dataset]["official"]["format"]
+    if args.source and source_format == "sklearn-digits":
+        parser.error(f"{args.dataset} is bundled with scikit-learn and takes no --source")
+    if not args.source and source_format == "image-folder":
+        parser.error(f"{args.dataset} needs --source PATH (an image folder: train/<class>/*, test/<class>/*)")
     plan_options, rest = [], argv[4:]
     while rest:  # everything but the driver's own options goes to generate.py plan as typed
         token = rest.pop(0)

@@ -120,6 +120,8 @@ def test_a_second_driver_on_the_same_output_folder_refuses(digits_data, tmp_path
     (["digits", "14", "8", "student", "--gpu", "0,1"], "multi-GPU data parallel is not available"),
     (["digits", "14", "8", "student", "--scale", "0"], "expected a number above 0"),
     (["digits", "14"], "expected DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD first"),
+    (["digits", "14", "8", "student", "--source", "/"], "digits is bundled with scikit-learn and takes no --source"),
+    (["folder", "14", "8", "student"], "folder needs --source PATH"),
 ])
 def test_driver_rejects_bad_arguments_before_any_work(tmp_path, args, message):
     """One line naming run_stages.sh, and nothing prepared or written (a fresh --out stays absent)."""
