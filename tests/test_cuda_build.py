@@ -108,4 +108,4 @@ def test_multi_gpu_is_refused_with_the_reason(tmp_path):
     result = run([str(REPO / "run_stages.sh"), "digits", "14", "8", "student", "--gpu", "0,1",
                   "--out", str(tmp_path)], check=False)
     assert result.returncode != 0 and not any(tmp_path.iterdir())
-    assert "--gpu 0,1: multi-GPU data parallel is not available" in result.stderr and "NCCL" in result.stderr
+    assert "--gpu: 0,1: multi-GPU data parallel is not available" in result.stderr and "NCCL" in result.stderr

@@ -148,7 +148,7 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, case):
         write_image_folder(tmp_path / "half", rng, splits=("train",))
         source, expected = tmp_path / "half", "has no 'test' split"
     elif case == "not-found":
-        source, expected = tmp_path / "nowhere.tar.gz", "source not found"
+        source, expected = tmp_path / "nowhere.tar.gz", "nowhere.tar.gz does not exist"
     out = tmp_path / "out"
     extra = () if case == "md5" else ("--no-md5",)
     result = prepare(dataset, source, out, *extra, check=False)

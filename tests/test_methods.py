@@ -242,15 +242,16 @@ force_backward: true
 
 def test_killed_driver_resumes_and_skips_finished_stages(tmp_path, digits_data):
     out = out_with_data(tmp_path, digits_data)
-    args = [RUN_STAGES, "digits", "14", "8", "proposed", "--scale", "0.3", "--nets", "1", "--out", str(out)]
+    # Scale 2: step 2 trains 466 iterations, seconds on the fast engine, long enough to be caught.
+    args = [RUN_STAGES, "digits", "14", "8", "proposed", "--scale", "2", "--nets", "1", "--out", str(out)]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    step2 = out / "digits" / "proposed-resnet14to8-scale0.3" / "stage1-step2"
+    step2 = out / "digits" / "proposed-resnet14to8-scale2" / "stage1-step2"
     deadline = time.time() + 300
     try:
         while time.time() < deadline:
             if step2.exists() and train.complete_snapshots(step2):
                 break
-            time.sleep(0.2)
+            time.sleep(0.02)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
