@@ -232,8 +232,8 @@ def torch_python():
     # --no-deps: the CPU wheel itself, then only its pure-Python dependencies
     # (a plain install would pull a CUDA build of several GB).
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", f"torch=={TORCH_VERSION}"], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "setuptools>=77.0.3", "filelock", "typing-extensions", "sympy",
-                    "networkx", "jinja2", "fsspec"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy", "setuptools>=77.0.3", "filelock",
+                    "typing-extensions", "sympy", "networkx", "jinja2", "fsspec"], check=True)
     subprocess.run(check, check=True)
     return python
 
