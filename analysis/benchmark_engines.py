@@ -62,7 +62,8 @@ def plan_nets(folder, depths, stage2):
         specs[f"ResNet-{depth}"] = {"depth": depth, "widths": list(opts.widths("student")), "classes": 10}
     teacher, student = stage2
     opts = plan.RunOptions("cifar10", teacher, student, "proposed", folder / "data", folder / "runs", nets=1)
-    nets[f"Stage 2 ({teacher}->{student})"] = next(s for s in plan.plan(opts) if s.name == "stage2-net1") / "train_val.prototxt"
+    stage2 = next(s for s in plan.plan(opts) if s.name == "stage2-net1")
+    nets[f"Stage 2 ({teacher}->{student})"] = stage2 / "train_val.prototxt"
     for label, path in nets.items():
         fed = path.with_name("benchmark.prototxt")
         fed.write_text(netgen.with_input_layer(path.read_text(), SHAPE))
@@ -271,8 +272,8 @@ def main(argv=None):
             workers[build] = Worker(build, me + [json.dumps({k: str(v) for k, v in nets.items()}), "--worker", "caffe"],
                                     dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX=""))
         if not args.no_torch:
-            workers["pytorch"] = Worker("pytorch", [str(torch_python())] + me[1:] + [json.dumps(specs), "--worker", "torch"],
-                                        env)
+            argv = [str(torch_python())] + me[1:] + [json.dumps(specs), "--worker", "torch"]
+            workers["pytorch"] = Worker("pytorch", argv, env)
         resnets = [f"ResNet-{d}" for d in depths]
         stage2_label = next(label for label in nets if label.startswith("Stage 2"))
         times = {(w, label): [] for w in workers for label in nets}

@@ -35,7 +35,8 @@ def measured(folder):
     if log.exists():
         records = [r for r in caffelog.parse_file(log).train_records() if r.get("seconds") is not None]
         if len(records) >= 2 and records[-1]["iteration"] > records[0]["iteration"]:
-            return (records[-1]["seconds"] - records[0]["seconds"]) / (records[-1]["iteration"] - records[0]["iteration"])
+            first, last = records[0], records[-1]
+            return (last["seconds"] - first["seconds"]) / (last["iteration"] - first["iteration"])
     return None
 
 

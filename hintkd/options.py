@@ -199,7 +199,8 @@ def run_parser():
 def reproduce_parser(prog=f"{PROG} reproduce", description=None):
     parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", type=target, help=", ".join(target_names()))
-    parser.add_argument("--dry-run", action="store_true", help="list the runs, what is left and its time; train nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs, what is left and its time; train nothing")
     parser.add_argument("--report-only", action="store_true", help="build the table or figure from what is finished")
     parser.add_argument("--dataset", type=dataset, help="another dataset than the paper's (e.g. digits); the paper's "
                                                         "numbers stay beside ours, labelled as another setting")
@@ -212,7 +213,8 @@ def reproduce_parser(prog=f"{PROG} reproduce", description=None):
     scale.add_argument("--quick", action="store_true", help="--scale from solvers/schedules.json (a smoke run)")
     parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 nets per method (paper: 3)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk (passed to run_stages.sh)")
+    parser.add_argument("--source", type=existing_path,
+                        help="dataset archive or folder on disk (passed to run_stages.sh)")
     add_device_options(parser)
     return parser
 

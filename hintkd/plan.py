@@ -197,7 +197,8 @@ class Planner:
         # A net trained alone is shared by every method that needs it: it belongs to its role.
         self.add(folder, {"label": f"{role} ResNet-{net.depth}", "stage": "alone", "trains": role, "method": role,
                           "seed": self.opts.seed, "init": []},
-                 [net], [netgen.Head("cross_entropy", "cross_entropy", logits=net.logits)], sched, self.opts.net_id(role))
+                 [net], [netgen.Head("cross_entropy", "cross_entropy", logits=net.logits)], sched,
+                 self.opts.net_id(role))
         self.finished[entry["name"]] = (folder, None)
 
     def hint(self, entry):
