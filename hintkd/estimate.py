@@ -62,8 +62,8 @@ class Estimator:
 
     def time_net(self, planner, folder):
         name, nets, heads, sched = planner.parts[folder]
-        info = datasets.dataset_info(planner.opts.dataset)
-        data = netgen.DataSpec.input_only(info["channels"], info["image_size"], planner.manifest["num_classes"],
+        shape = {**datasets.dataset_info(planner.opts.dataset), **planner.manifest}  # a prepared folder knows best
+        data = netgen.DataSpec.input_only(shape["channels"], shape["image_size"], shape["num_classes"],
                                           batch_size=sched["batch_size"])
         text = netgen.render_net(name, data, nets, heads)
         key = hashlib.sha256(text.encode()).hexdigest()
