@@ -10,6 +10,7 @@ Files go to OUT/reports/TARGET-DATASET-resnetTtoS[-scaleF]/: table.md, table.csv
 figure.png and figure.pdf (a table drawn as bars), and table.tex for tables.
 Runs at different scales live in different folders and never meet in one table.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from hintkd import engine  # noqa: E402
 
 engine.use_system_python()
 
-from hintkd import estimate, netgen, options, plan, report  # noqa: E402
+from hintkd import estimate, graph, netgen, options, plan, report, train  # noqa: E402
 
 
 def dry_run(study, source=None):
@@ -54,6 +55,29 @@ def dry_run(study, source=None):
     return to_go
 
 
+def train_graph(study, args):
+    """Every unfinished stage of the study, `args.jobs` at once as their inputs finish; then
+    each finished run's summary, figure and comparison. Returns True when all are done."""
+    data = study.out / "data" / study.dataset
+    prepare = [engine.SYSTEM_PYTHON, str(ROOT / "data_prep" / "prepare.py"), study.dataset, "--out", str(data)]
+    if subprocess.run(prepare + (["--source", args.source] if args.source else [])).returncode != 0:
+        return False
+    nodes = graph.build(study, write=True)
+    stages_of = {m: [f for f, n in nodes.items() if m in n.methods] for m in study.methods()}
+    unfinished = {m for m, stages in stages_of.items() if not all(train.is_finished(f) for f in stages)}
+    for method in study.methods():
+        if method not in unfinished:
+            print(f"[reproduce {study.name}] {method}: finished earlier")
+    done = graph.Runner(nodes, args.jobs, args.gpu).run()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for method in unfinished:
+        if all(train.is_finished(f) for f in stages_of[method]):
+            subprocess.run([engine.SYSTEM_PYTHON, "-m", "hintkd.summary", *map(str, stages_of[method])], env=env)
+            report_args = study.run_arguments(method) + ["--data", str(data), "--out", str(study.out)]
+            subprocess.run([engine.SYSTEM_PYTHON, "-m", "hintkd.report", *report_args], env=env)
+    return done
+
+
 def main(argv=None):
     ap = options.reproduce_parser(description=__doc__)
     args = ap.parse_args(argv)
@@ -63,7 +87,14 @@ def main(argv=None):
         if args.dry_run:
             dry_run(study, args.source)
             return 0
-        if not args.report_only:
+        if args.gpu is not None:
+            os.environ["HINTKD_CAFFE_VARIANT"] = "cuda"  # every stage process takes the CUDA build
+        if not args.report_only and args.jobs > 1:
+            if not train_graph(study, args):
+                print("reproduce.py: error: a stage failed (see above); the table is not built "
+                      "(--report-only builds it from what is finished)", file=sys.stderr)
+                return 1
+        elif not args.report_only:
             for method in study.methods():
                 if all(d == t for _, d, t in study.progress(method)):
                     print(f"[reproduce {study.name}] {method}: finished earlier")

@@ -213,8 +213,9 @@ def reproduce_parser(prog=f"{PROG} reproduce", description=None):
     scale.add_argument("--quick", action="store_true", help="--scale from solvers/schedules.json (a smoke run)")
     parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 nets per method (paper: 3)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--source", type=existing_path,
-                        help="dataset archive or folder on disk (passed to run_stages.sh)")
+    parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk")
+    parser.add_argument("--jobs", type=positive(int), default=1,
+                        help="stages trained at once, each with cores / K OpenMP threads (default 1)")
     add_device_options(parser)
     return parser
 

@@ -135,6 +135,8 @@ class Planner:
         self.stages = []
         self.iterations_of = {}  # stage folder -> its max_iter
         self.parts = {}  # stage folder -> (net name, nets, heads, schedule): what a dry run times
+        self.labels = {}  # stage folder -> its label
+        self.needs = {}  # stage folder -> the stage folders whose weights it starts from
 
     def net(self, role, frozen=False, upto=None):
         return netgen.ResNet(role, self.opts.depth(role), self.opts.widths(role), self.manifest["num_classes"],
@@ -173,6 +175,8 @@ class Planner:
         self.stages.append(folder)
         self.iterations_of[folder] = sched["max_iter"]
         self.parts[folder] = (name, nets, heads, sched)
+        self.labels[folder] = spec["label"]
+        self.needs[folder] = [Path(i["weights"]).parent for i in spec.get("init", [])]
         if not self.write:
             return
         data = self.data(sched)

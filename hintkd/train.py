@@ -9,6 +9,7 @@ interrupted run resumes from its last whole snapshot. summary.json is written
 last: a stage with a summary is finished, and is skipped when run again.
 """
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -136,6 +137,16 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     label = stage["label"]
     if is_finished(stage_dir):
         print(f"[{label}] finished earlier: {stage_dir / SUMMARY}", file=out)
+        return json.loads((stage_dir / SUMMARY).read_text())
+    # One process per stage: another driver or job that reaches this stage waits, then reuses it.
+    lock = open(stage_dir / ".train.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"[{label}] another process is training this stage; waiting for it", file=out, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    if is_finished(stage_dir):
+        print(f"[{label}] finished by another process: {stage_dir / SUMMARY}", file=out)
         return json.loads((stage_dir / SUMMARY).read_text())
     caffe = engine.import_caffe(quiet=False)
     if gpu is not None:

@@ -1,0 +1,43 @@
+"""reproduce --jobs K: a target's stages as one graph, each stage once, K at once, on real Caffe."""
+import json
+
+from conftest import REPO, SCALE, out_with_data, run
+from hintkd import graph, report, train
+
+RUN_STAGES = str(REPO / "run_stages.sh")
+TABLE3 = ["reproduce", "table3", "--dataset", "digits", "--depths", "14,8", "--scale", SCALE]
+
+
+def test_two_stages_at_a_time_finish_the_table_training_each_stage_once(tmp_path, digits_data):
+    out = out_with_data(tmp_path, digits_data)
+    result = run([RUN_STAGES, *TABLE3, "--jobs", "2", "--out", str(out)])
+    study = report.Study("table3", out, "digits", (14, 8), float(SCALE))
+    nodes = graph.build(study)
+    assert len(nodes) == 19  # teacher and student once, though four methods need the teacher
+    assert all(train.is_finished(folder) for folder in nodes)
+    for folder, node in nodes.items():
+        assert result.stdout.count(f"[graph] started {node.label} ({folder})") == 1
+        log = (folder / "caffe.log").read_text()
+        assert log.count("Initializing solver from parameters") == 1, folder  # trained once, never twice
+        for need in node.needs:  # a stage started only from finished inputs
+            assert json.loads((folder / "stage.json").read_text())["init"] and train.is_finished(need)
+    assert "[graph] 19 done, 0 running, 0 waiting, 0 failed, 0 cancelled" in result.stdout
+    assert (out / "reports" / f"table3-digits-resnet14to8-scale{SCALE}" / "table.md").exists()
+    assert (out / "digits" / f"proposed-resnet14to8-scale{SCALE}" / "run.json").exists()
+    again = run([RUN_STAGES, *TABLE3, "--jobs", "2", "--out", str(out)])
+    assert again.stdout.count("finished earlier") == 6 and "[graph] started" not in again.stdout
+
+
+def test_a_failed_stage_cancels_what_needs_it_and_says_so(tmp_path, digits_data):
+    out = out_with_data(tmp_path, digits_data)
+    # A teacher whose only snapshot is damaged: resuming from it fails.
+    teacher = out / "digits" / f"teacher-resnet14-w16.32.64-scale{SCALE}"
+    (teacher / "snapshots").mkdir(parents=True)
+    for suffix in (".complete", ".caffemodel", ".solverstate"):
+        (teacher / "snapshots" / f"net_iter_5{suffix}").write_bytes(b"\x08 not a snapshot")
+    result = run([RUN_STAGES, *TABLE3, "--jobs", "2", "--out", str(out)], check=False)
+    assert result.returncode == 1 and "a stage failed" in result.stderr
+    assert f"[graph] FAILED teacher ResNet-14 (exit" in result.stdout and str(teacher / "caffe.log") in result.stdout
+    assert "[graph] cancelled kd stage2 net 1: it needs teacher ResNet-14, which failed" in result.stdout
+    assert "1 failed" in result.stdout and not train.is_finished(teacher)
+    assert train.is_finished(out / "digits" / f"student-resnet8-w16.32.64-scale{SCALE}")  # it needs no teacher
