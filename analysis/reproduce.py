@@ -31,12 +31,13 @@ def dry_run(study, source=None):
     print(f"  {study.describe()}; runs under {study.out}")
     print(f"  data: {estimate.data_needs(study.dataset, study.out / 'data' / study.dataset, source)}")
     estimator, left_of = estimate.Estimator(), {}  # stage folder -> (iterations, seconds) left
-    for method in study.methods():  # finished stages first teach the estimator this machine's speed
-        for folder, _, _ in study.progress(method):
+    planners = {method: plan.planned(study.run_options(method), write=False) for method in study.methods()}
+    progress = {method: plan.progress_of(planner) for method, planner in planners.items()}
+    for stages in progress.values():  # finished stages first teach the estimator this machine's speed
+        for folder, _, _ in stages:
             estimator.learn(folder)
-    for method in study.methods():
-        planner = plan.planned(study.run_options(method), write=False)
-        stages = study.progress(method)
+    for method, planner in planners.items():
+        stages = progress[method]
         done = sum(d for _, d, _ in stages)
         total = sum(t for _, _, t in stages)
         state = "done" if done == total else ("started" if done else "to do")

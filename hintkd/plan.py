@@ -325,7 +325,11 @@ def plan(opts, write=True):
 
 def progress(opts):
     """[(stage folder, iterations done, max_iter)] of a method, in training order; writes nothing."""
-    planner = planned(opts, write=False)
+    return progress_of(planned(opts, write=False))
+
+
+def progress_of(planner):
+    """progress() of a method already planned."""
     rows = []
     for folder in planner.stages:
         total = planner.iterations_of[folder]
