@@ -17,59 +17,44 @@
 #   --teacher-widths A,B,C / --student-widths A,B,C / --shortcut projection|zero_pad
 #   --hints LIST / --hint-weights LIST / --step-iterations LIST / --regressor
 #   --tau T / --kd-lambda L / --tau-squared      (see generate.py plan --help)
+# How the stages run (hintkd/graph.py: each stage once, after the stages it starts from):
+#   --jobs K              K stages at once on this machine (default 1: in order)
+#   --status              each stage's state, iterations and time left; trains nothing
+#   --slurm               submit them as Slurm jobs (--partition, --time, --gres,
+#                         --cpus-per-task, --array-throttle, --sbatch-args, --job-prefix)
 #
 # Finished stages are skipped, an interrupted one resumes from its last
-# snapshot; two drivers never share an output folder.
+# snapshot; two processes never train one stage at once (a stage lock), so
+# several drivers may share an output folder.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=/usr/bin/python3
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
-die() { echo "run_stages.sh: error: $*" >&2; exit 1; }
 
 [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] && usage
 # 0. Every argument is checked (hintkd/options.py, standard library only) before
 #    anything is installed, prepared or written.
 if [ "${1:-}" = reproduce ]; then  # one table or figure: its runs through this script, then the report
   shift
-  PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options reproduce "$@" || exit
-  "$ROOT/engine/install_caffe.sh" >/dev/null
+  parsed=$(PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options reproduce "$@") || exit
+  eval "$parsed"  # sets status
+  [ -n "$status" ] || "$ROOT/engine/install_caffe.sh" >/dev/null
   exec "$PYTHON" "$ROOT/analysis/reproduce.py" "$@"
 fi
 parsed=$(PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options run "$@") || exit
-# Sets dataset, teacher_depth, student_depth, method, out, source, gpu, plan_options.
+# Sets dataset, out, source, gpu and status.
 eval "$parsed"
-device=()
-[ -n "$gpu" ] && device=(--gpu "$gpu")
+if [ -z "$status" ]; then
+  # 1. Caffe, built once per machine into a shared prefix: the CUDA build for a GPU.
+  [ -n "$gpu" ] && export HINTKD_CAFFE_VARIANT=cuda
+  "$ROOT/engine/install_caffe.sh" >/dev/null
+  # 2. Data, prepared once per output folder.
+  "$PYTHON" "$ROOT/data_prep/prepare.py" "$dataset" --out "$out/data/$dataset" ${source:+--source "$source"} || exit
+fi
 
-# 1. Caffe, built once per machine into a shared prefix: the CUDA build for a GPU.
-[ ${#device[@]} -gt 0 ] && export HINTKD_CAFFE_VARIANT=cuda
-"$ROOT/engine/install_caffe.sh" >/dev/null
-
-# 2. One driver per output folder.
-mkdir -p "$out"
-exec 8>>"$out/.driver.lock"
-flock -n 8 || die "another run_stages.sh is using $out ($(cat "$out/.driver.pid" 2>/dev/null || echo "pid unknown")); wait for it or choose another --out"
-echo "$$" > "$out/.driver.pid"
-
-# 3. Data, prepared once per output folder.
-"$PYTHON" "$ROOT/data_prep/prepare.py" "$dataset" --out "$out/data/$dataset" ${source:+--source "$source"} || exit
-
-# 4. The method's stages, in order, each from what it starts with.
-run=("$dataset" "$teacher_depth" "$student_depth" "$method" --data "$out/data/$dataset" --out "$out" "${plan_options[@]}")
-planned=$("$PYTHON" "$ROOT/generate.py" plan "${run[@]}") || exit
-mapfile -t stages <<< "$planned"
-for stage in "${stages[@]}"; do
-  if ! PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.train "$stage" "${device[@]}"; then
-    echo "run_stages.sh: stage $stage failed; the end of its Caffe log:" >&2
-    tail -n 15 "$stage/caffe.log" >&2 2>/dev/null || true
-    exit 1
-  fi
-done
-
-# 5. One summary for the run, and where every result is.
-PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.summary "${stages[@]}"
-
-# 6. The run beside the paper's table for its setting.
-PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.report "${run[@]}"
+# 3. The method's stages, each after the stages whose weights it starts from, then the
+#    run's summary and its place beside the paper's table (or --status, or --slurm).
+export PYTHONPATH="$ROOT"
+exec "$PYTHON" -m hintkd.graph "$@"

@@ -21,7 +21,7 @@ from hintkd import engine  # noqa: E402
 
 engine.use_system_python()
 
-from hintkd import estimate, graph, netgen, options, plan, report, train  # noqa: E402
+from hintkd import estimate, graph, netgen, options, plan, report  # noqa: E402
 
 
 def dry_run(study, source=None):
@@ -56,32 +56,15 @@ def dry_run(study, source=None):
     return to_go
 
 
-def train_graph(study, args):
-    """Every unfinished stage of the study, `args.jobs` at once as their inputs finish; then
-    each finished run's summary, figure and comparison. Returns True when all are done."""
+def prepare(study, source):
     data = study.out / "data" / study.dataset
-    prepare = [engine.SYSTEM_PYTHON, str(ROOT / "data_prep" / "prepare.py"), study.dataset, "--out", str(data)]
-    if subprocess.run(prepare + (["--source", args.source] if args.source else [])).returncode != 0:
-        return False
-    nodes = graph.build(study, write=True)
-    stages_of = {m: [f for f, n in nodes.items() if m in n.methods] for m in study.methods()}
-    unfinished = {m for m, stages in stages_of.items() if not all(train.is_finished(f) for f in stages)}
-    for method in study.methods():
-        if method not in unfinished:
-            print(f"[reproduce {study.name}] {method}: finished earlier")
-    done = graph.Runner(nodes, args.jobs, args.gpu).run()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for method in unfinished:
-        if all(train.is_finished(f) for f in stages_of[method]):
-            subprocess.run([engine.SYSTEM_PYTHON, "-m", "hintkd.summary", *map(str, stages_of[method])], env=env)
-            report_args = study.run_arguments(method) + ["--data", str(data), "--out", str(study.out)]
-            subprocess.run([engine.SYSTEM_PYTHON, "-m", "hintkd.report", *report_args], env=env)
-    return done
+    command = [engine.SYSTEM_PYTHON, str(ROOT / "data_prep" / "prepare.py"), study.dataset, "--out", str(data)]
+    return subprocess.run(command + (["--source", source] if source else [])).returncode == 0
 
 
 def main(argv=None):
-    ap = options.reproduce_parser(description=__doc__)
-    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = options.reproduce_parser(description=__doc__).parse_args(argv)
     try:
         study = report.Study(args.target, Path(args.out), args.dataset, args.depths,
                              netgen.quick_scale() if args.quick else args.scale, args.nets, args.seed)
@@ -90,24 +73,22 @@ def main(argv=None):
             return 0
         if args.gpu is not None:
             os.environ["HINTKD_CAFFE_VARIANT"] = "cuda"  # every stage process takes the CUDA build
-        if not args.report_only and args.jobs > 1:
-            if not train_graph(study, args):
-                print("reproduce.py: error: a stage failed (see above); the table is not built "
-                      "(--report-only builds it from what is finished)", file=sys.stderr)
+        if not args.report_only:
+            if not (args.status or prepare(study, args.source)):
                 return 1
-        elif not args.report_only:
-            for method in study.methods():
-                if all(d == t for _, d, t in study.progress(method)):
-                    print(f"[reproduce {study.name}] {method}: finished earlier")
-                    continue
-                command = [str(ROOT / "run_stages.sh"), *study.run_arguments(method), "--out", str(study.out)]
-                command += ["--source", args.source] if args.source else []
-                command += ["--gpu", str(args.gpu)] if args.gpu is not None else []
-                print(f"[reproduce {study.name}] {method}: {' '.join(command)}", flush=True)
-                if subprocess.run(command).returncode != 0:
-                    print(f"reproduce.py: error: the {method} run failed; the table is not built "
+            runs = [study.run_options(method) for method in study.methods()]
+            unfinished = [opts for method, opts in zip(study.methods(), runs)
+                          if not all(d == t for _, d, t in study.progress(method))]
+            for opts in runs:
+                if opts not in unfinished and not args.status:
+                    print(f"[reproduce {study.name}] {opts.method}: finished earlier")
+            final_command = [str(ROOT / "run_stages.sh"), "reproduce", *options.without_execution(argv)]
+            code = graph.execute(runs, args, final_command, finish_runs=unfinished)
+            if code or args.status or args.slurm:
+                if code and not args.status:
+                    print("reproduce.py: error: a stage did not finish (see above); the table is not built "
                           "(--report-only builds it from what is finished)", file=sys.stderr)
-                    return 1
+                return code
         folder, text = report.build(study)
     except (report.ReportError, plan.PlanError, netgen.GenerateError) as e:
         print(f"reproduce.py: error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ checked; --source takes the archive, the folder it extracts to, or an image
 folder (train/<class>/*, test/<class>/*, also as .tar.gz).
 """
 import argparse
+import fcntl
 import sys
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def main(argv=None):
     parser.add_argument("--no-md5", action="store_true", help="accept a modified copy of an official file")
     args = parser.parse_args(argv)
     out = Path(args.out or Path("runs") / "data" / args.dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(out.parent / f".{out.name}.lock", "a")  # two drivers on one output folder: one prepares
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         if args.source and not Path(args.source).exists():
             raise datasets.DataError(f"--source {args.source} does not exist")

@@ -1,25 +1,33 @@
-"""Every stage a study needs, each once, with the stages it waits for; run up to K at once.
+"""Every stage a target needs, each once, with the stages it waits for: run here K at
+a time, submitted to Slurm, or shown (--status).
+
+    python3 -m hintkd.graph DATASET T S METHOD [run_stages.sh's options]
+        (run_stages.sh calls it once Caffe is built and the data prepared)
 
 A stage waits for the stages whose weights it starts from (the "init" of its
 stage.json: a teacher, the previous layer-wise step). A stage that several runs
 share (the teacher, the student alone) is one node. What is finished is decided
-from the files on disk (summary.json), so a graph built again after an
-interruption goes on where the last one stopped. Each stage runs as its own
-`python3 -m hintkd.train` process, with cores / K OpenMP threads (OpenMP
-threads that share cores with another busy process lose most of their speed);
-the stage lock in hintkd.train keeps two processes off one stage.
+from the files on disk (summary.json), never from a process's or a scheduler's
+memory, so a graph built again after an interruption goes on where the last one
+stopped. Each stage runs as its own `python3 -m hintkd.train` process, with
+cores / K OpenMP threads (OpenMP threads that share cores with another busy
+process lose most of their speed); the stage lock in hintkd.train keeps two
+processes off one stage, so several drivers may share an output folder.
 """
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hintkd import engine, plan, train
+from hintkd import engine, estimate, options, plan, report, slurm, summary, train
 
-PROGRESS_LOG = "progress.log"  # a running stage's console lines
+PROGRESS_LOG = "progress.log"  # a running stage's console lines, when several run at once
 STATUS_EVERY = 30  # seconds between status lines
+STATES = ("done", "running", "queued", "stopped", "waiting", "failed", "blocked")
 
 
 @dataclass
@@ -28,19 +36,51 @@ class Node:
     label: str
     total: int
     needs: list
-    methods: list = field(default_factory=list)
+    planner: plan.Planner  # of the first run that planned it: its schedule and data
+    runs: list = field(default_factory=list)  # RunOptions of every run that needs it
 
 
-def build(study, write=False):
-    """{stage folder: Node} of every method of the study, in training order."""
+def build(runs, write=False):
+    """{stage folder: Node} of every run (plan.RunOptions), in training order."""
     nodes = {}
-    for method in study.methods():
-        planner = plan.planned(study.run_options(method), write)
+    for opts in runs:
+        planner = plan.planned(opts, write)
         for folder in planner.stages:
             node = nodes.setdefault(folder, Node(folder, planner.labels[folder], planner.iterations_of[folder],
-                                                 planner.needs[folder]))
-            node.methods.append(method)
+                                                 planner.needs[folder], planner))
+            node.runs.append(opts)
     return nodes
+
+
+def stages_of(nodes, opts):
+    return [folder for folder, node in nodes.items() if opts in node.runs]
+
+
+def iterations_done(folder, total):
+    """Iterations a stage has trained: all when finished, else the last its Caffe log reached."""
+    if train.is_finished(folder):
+        return total
+    log = folder / "caffe.log"
+    logged = 0
+    if log.exists():
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - 65536))
+            found = re.findall(rb"Iteration (\d+)", f.read())
+        logged = min(int(found[-1]), total) if found else 0
+    snapshots = train.complete_snapshots(folder)
+    return max(logged, snapshots[-1][0] if snapshots else 0)
+
+
+def file_state(folder):
+    """What the stage's files say: done, failed, running (a process here holds its lock),
+    stopped (it has a snapshot to resume from) or waiting."""
+    if train.is_finished(folder):
+        return "done"
+    if train.is_running(folder):
+        return "running"
+    if train.failure(folder):
+        return "failed"
+    return "stopped" if train.complete_snapshots(folder) else "waiting"
 
 
 def threads_per_stage(jobs):
@@ -48,23 +88,27 @@ def threads_per_stage(jobs):
     return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
 
 
+def say(text, out=sys.stdout):
+    print(f"[graph] {text}", file=out, flush=True)
+
+
 class Runner:
-    """Runs a graph's unfinished stages, up to `jobs` at once, as their inputs finish."""
+    """Runs a graph's unfinished stages on this machine, up to `jobs` at once, as their
+    inputs finish. One at a time, a stage writes to the terminal; several at once, each
+    writes to its progress.log and a status line comes every STATUS_EVERY seconds."""
 
     def __init__(self, nodes, jobs=1, gpu=None, out=sys.stdout):
         self.nodes, self.jobs, self.gpu, self.out = nodes, jobs, gpu, out
-        self.running, self.failed, self.cancelled = {}, {}, set()
+        self.running, self.failed, self.stopped, self.cancelled = {}, {}, set(), set()
         self.last_status = 0.0
 
     def state(self, folder):
         if train.is_finished(folder):
             return "done"
-        if folder in self.running:
-            return "running"
-        if folder in self.failed:
-            return "failed"
-        if folder in self.cancelled:
-            return "cancelled"
+        for state, members in (("running", self.running), ("failed", self.failed), ("stopped", self.stopped),
+                               ("cancelled", self.cancelled)):
+            if folder in members:
+                return state
         return "waiting"
 
     def ready(self):
@@ -72,29 +116,43 @@ class Runner:
                 and all(train.is_finished(need) for need in n.needs)]
 
     def say(self, text):
-        print(f"[graph] {text}", file=self.out, flush=True)
+        say(text, self.out)
 
     def start(self, folder):
         command = [engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(folder)]
         command += ["--gpu", str(self.gpu)] if self.gpu is not None else []
         env = dict(os.environ, PYTHONPATH=str(engine.REPO), OMP_NUM_THREADS=threads_per_stage(self.jobs))
-        log = open(folder / PROGRESS_LOG, "a")
-        self.running[folder] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-        self.say(f"started {self.nodes[folder].label} ({folder}); its progress: {folder / PROGRESS_LOG}")
+        log = open(folder / PROGRESS_LOG, "a") if self.jobs > 1 else None
+        # One at a time, the stage writes to the terminal (log None: inherited).
+        self.running[folder] = (subprocess.Popen(command, stdout=log, stderr=log and subprocess.STDOUT, env=env), log)
+        if log:
+            self.say(f"started {self.nodes[folder].label} ({folder}); its progress: {folder / PROGRESS_LOG}")
 
     def reap(self):
         for folder, (process, log) in list(self.running.items()):
             if process.poll() is None:
                 continue
-            log.close()
+            if log:
+                log.close()
             del self.running[folder]
+            label = self.nodes[folder].label
             if process.returncode == 0 and train.is_finished(folder):
-                self.say(f"finished {self.nodes[folder].label}")
-                continue
-            self.failed[folder] = process.returncode
-            self.say(f"FAILED {self.nodes[folder].label} (exit {process.returncode}); "
-                     f"its log: {folder / 'caffe.log'}, its console: {folder / PROGRESS_LOG}")
-            self.cancel_dependents(folder)
+                if log:
+                    self.say(f"finished {label}")
+            elif process.returncode == train.STOPPED:
+                self.stopped.add(folder)
+                self.say(f"stopped {label} after a snapshot; it resumes from there when run again")
+            else:
+                if not train.failure(folder):  # a crash: the process could not say why
+                    train.mark_failed(folder, f"exit {process.returncode}", process.returncode)
+                self.failed[folder] = process.returncode
+                self.say(f"FAILED {label} (exit {process.returncode}); its log: {folder / 'caffe.log'}"
+                         + (f", its console: {folder / PROGRESS_LOG}" if log else ""))
+                caffe_log = folder / "caffe.log"
+                if caffe_log.exists():
+                    tail = caffe_log.read_text(errors="replace").splitlines()[-15:]
+                    print(f"the end of {caffe_log}:", *tail, sep="\n", file=sys.stderr, flush=True)
+                self.cancel_dependents(folder)
 
     def cancel_dependents(self, failed):
         changed = True
@@ -108,20 +166,25 @@ class Runner:
                     changed = True
 
     def status(self, force=False):
-        if not force and time.time() - self.last_status < STATUS_EVERY:
+        if not force and (self.jobs == 1 or time.time() - self.last_status < STATUS_EVERY):
             return
         self.last_status = time.time()
         counts = {}
         for folder in self.nodes:
             counts[self.state(folder)] = counts.get(self.state(folder), 0) + 1
         self.say(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "running", "waiting", "failed", "cancelled")))
-        for folder in self.running:
-            lines = (folder / PROGRESS_LOG).read_text(errors="replace").strip().splitlines()
+        for folder, (_, log) in self.running.items():
+            lines = (folder / PROGRESS_LOG).read_text(errors="replace").strip().splitlines() if log else []
             self.say(f"  {lines[-1] if lines else self.nodes[folder].label}")
 
     def run(self):
         """Runs until nothing more can start; returns True when every stage is done."""
-        self.status(force=True)
+        for folder, node in self.nodes.items():
+            if train.is_finished(folder):
+                print(f"[{node.label}] finished earlier: {folder / train.SUMMARY}", file=self.out, flush=True)
+        if self.jobs > 1:
+            self.status(force=True)
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C
         try:
             while True:
                 self.reap()
@@ -131,10 +194,112 @@ class Runner:
                     break
                 self.status()
                 time.sleep(0.2)
+        except KeyboardInterrupt:
+            self.say("interrupted: each running stage stops at its next iteration, after a snapshot")
         finally:
-            for process, log in self.running.values():  # interrupted: the stages resume next time
-                process.terminate()
+            signal.signal(signal.SIGTERM, previous)
+            for process, log in self.running.values():  # each snapshots, then exits; it resumes next time
+                process.send_signal(signal.SIGTERM)
+            for process, log in self.running.values():
                 process.wait()
-                log.close()
-        self.status(force=True)
+                if log:
+                    log.close()
+        if self.jobs > 1 or self.failed:
+            self.status(force=True)
         return all(train.is_finished(f) for f in self.nodes)
+
+
+def print_status(nodes, out=sys.stdout):
+    """Each stage's state (with its Slurm job, when one has it), iterations and time left
+    at the speed this machine or cluster measured for it or for a stage like it."""
+    jobs = slurm.jobs_of(nodes)
+    estimator = estimate.Estimator()
+    for folder in nodes:
+        estimator.learn(folder)
+    counts, states, seconds_left, unknown = {}, {}, 0.0, 0
+    rows = []
+    for folder, node in nodes.items():
+        state, where = file_state(folder), ""
+        job = jobs.get(folder)
+        if state != "done" and job:
+            state = "running" if job.state in slurm.RUNNING else "queued"
+            where = f"job {job.id} {job.state.lower()}"
+        elif state == "failed":
+            where = f"log {train.failure(folder)['log']}"
+        elif state == "waiting" and (stuck := [n for n in node.needs if states.get(n) in ("failed", "blocked")]):
+            which = "failed" if states[stuck[0]] == "failed" else "is blocked"
+            state, where = "blocked", f"needs {nodes[stuck[0]].label}, which {which}"
+        elif state == "running":
+            where = "on this machine"
+        done = iterations_done(folder, node.total)
+        speed = estimator.learn(folder) or estimator.by_kind.get(estimate.kind_of(folder))
+        if done < node.total:
+            if speed:
+                left = estimate.stage_seconds(node.planner, folder, done, node.total, speed)
+                seconds_left += left
+            else:
+                unknown += 1
+        else:
+            left = 0.0
+        states[folder] = state
+        counts[state] = counts.get(state, 0) + 1
+        rows.append((node.label, state, f"{done}/{node.total}",
+                     estimate.hms(left) if done == node.total or speed else "?", where, folder))
+    widths = [max(len(str(r[i])) for r in rows + [("stage", "state", "iterations", "left", "", "")])
+              for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(("stage", "state", "iterations", "left"), widths)), file=out)
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + f"  {row[4]}".rstrip(), file=out)
+    total_done = sum(iterations_done(f, n.total) for f, n in nodes.items())
+    total = sum(n.total for n in nodes.values())
+    print(f"{len(nodes)} stages: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts.get(s)), file=out)
+    print(f"iterations: {total_done}/{total}; time left: about {estimate.hms(seconds_left)}"
+          + (f", plus {unknown} not yet measured" if unknown else "")
+          + " (one stage at a time, at the speeds measured so far)", file=out)
+    return counts
+
+
+def finish(opts, nodes):
+    """A finished run's summary, training figure and comparison with the paper."""
+    summary.main([str(f) for f in stages_of(nodes, opts)])
+    report.write_comparison(opts)
+
+
+def execute(runs, args, final_command, finish_runs=None):
+    """What run_stages.sh METHOD and reproduce TARGET share: --status, --slurm, or the
+    unfinished stages trained here; then each run of `finish_runs` (default: every
+    run) that is finished gets its summary. Returns an exit code."""
+    nodes = build(runs, write=not args.status)
+    if args.status:
+        counts = print_status(nodes)
+        return 1 if counts.get("failed") else 0
+    if args.slurm:
+        return slurm.submit(nodes, args, final_command)
+    done = Runner(nodes, args.jobs, args.gpu).run()
+    for opts in runs if finish_runs is None else finish_runs:
+        if all(train.is_finished(f) for f in stages_of(nodes, opts)):
+            finish(opts, nodes)
+    return 0 if done else 1
+
+
+def main(argv=None):
+    """One method's run: its stages in order (or K at a time, or on Slurm), then its summary."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = options.run_parser().parse_args(argv)
+    args.data = str(Path(args.out).resolve() / "data" / args.dataset)
+    args.out = str(Path(args.out).resolve())
+    try:
+        opts = plan.options_from_args(args)
+        code = execute([opts], args, [str(engine.REPO / "run_stages.sh"), *options.without_execution(argv)])
+    except plan.PlanError as e:
+        print(f"run_stages.sh: error: {e}", file=sys.stderr)
+        return 1
+    if code and not args.status and not args.slurm:
+        print("run_stages.sh: a stage did not finish (see above); run the same command again to resume",
+              file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    engine.use_system_python()
+    sys.exit(main())

@@ -42,7 +42,18 @@ def quick_scale():
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse with its errors on one line, naming the script the user typed."""
+    """argparse with its errors on one line, naming the script the user typed, and
+    checks that look at several options together."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checks = []
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        for check in self.checks:
+            check(self, parsed)
+        return parsed
 
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -185,6 +196,63 @@ def add_device_options(parser):
     device.add_argument("--gpu", type=gpu, metavar="N", help="train on GPU N")
 
 
+SLURM_OPTIONS = ("partition", "time", "gres", "cpus_per_task", "array_throttle", "sbatch_args", "job_prefix")
+
+
+def add_execution_options(parser):
+    """How the unfinished stages run: here, K at a time; as Slurm jobs; or not at all."""
+    how = parser.add_argument_group("how the stages run (one graph of stages: hintkd/graph.py)")
+    slurm = parser.add_argument_group("Slurm jobs (with --slurm)")
+    parser.execution_actions = [
+        how.add_argument("--jobs", type=positive(int), default=1,
+                         help="stages trained at once on this machine, each with cores / K OpenMP threads "
+                              "(default 1)"),
+        how.add_argument("--status", action="store_true",
+                         help="each stage's state, iterations done and time left; trains nothing"),
+        how.add_argument("--slurm", action="store_true",
+                         help="submit the unfinished stages as Slurm jobs whose dependencies mirror the graph, "
+                              "and a last job that builds the results"),
+        slurm.add_argument("--partition", help="sbatch --partition"),
+        slurm.add_argument("--time", help="sbatch --time, a job's time limit (e.g. 4:00:00); a stage stopped by "
+                                          "it resumes in its requeued job"),
+        slurm.add_argument("--gres", help="sbatch --gres per job, e.g. gpu:1 (with --gpu 0)"),
+        slurm.add_argument("--cpus-per-task", type=positive(int),
+                           help="sbatch --cpus-per-task; a job's OpenMP threads"),
+        slurm.add_argument("--array-throttle", type=positive(int),
+                           help="at most N of a run's Stage 2 nets (one job array) at once"),
+        slurm.add_argument("--sbatch-args", default="", help="more sbatch arguments, as one quoted string"),
+        slurm.add_argument("--job-prefix", default="",
+                           help="put before each job's commands, e.g. 'apptainer exec --nv hintkd.sif'"),
+    ]
+    parser.checks.append(check_execution)
+
+
+def without_execution(argv):
+    """argv with the options of add_execution_options taken out: the same run, done here."""
+    takes = {name: 0 if action.nargs == 0 else 1
+             for action in run_parser().execution_actions for name in action.option_strings}
+    kept, rest = [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        name = token.split("=", 1)[0]
+        if name in takes:
+            if "=" not in token:
+                del rest[:takes[name]]
+            continue
+        kept.append(token)
+    return kept
+
+
+def check_execution(parser, args):
+    if args.status and (args.slurm or args.jobs > 1):
+        parser.error("--status trains nothing: give it without --slurm and --jobs")
+    if args.slurm and args.jobs > 1:
+        parser.error("--jobs is for this machine; with --slurm the cluster runs the stages (see --array-throttle)")
+    given = [name for name in SLURM_OPTIONS if getattr(args, name) not in (None, "")]
+    if given and not args.slurm:
+        parser.error(f"--{given[0].replace('_', '-')} is an option of --slurm")
+
+
 def run_parser():
     """run_stages.sh DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD [options]"""
     parser = OneLineParser(prog=PROG)
@@ -193,6 +261,7 @@ def run_parser():
     parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk (default: download)")
     parser.add_argument("--out", default=os.environ.get("HINTKD_OUT", "runs"),
                         help="where data and runs go (default: $HINTKD_OUT or ./runs)")
+    add_execution_options(parser)
     return parser
 
 
@@ -214,40 +283,28 @@ def reproduce_parser(prog=f"{PROG} reproduce", description=None):
     parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 nets per method (paper: 3)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk")
-    parser.add_argument("--jobs", type=positive(int), default=1,
-                        help="stages trained at once, each with cores / K OpenMP threads (default 1)")
     add_device_options(parser)
+    add_execution_options(parser)
     return parser
 
 
-DRIVER_OPTIONS = {"--cpu": 0, "--gpu": 1, "--source": 1, "--out": 1}  # option: values it takes
-
-
-def shell_assignments(argv):
-    """Checks run_stages.sh's arguments; returns bash assignments for the driver."""
-    parser = run_parser()
-    args = parser.parse_args(argv)
+def check_source(parser, args):
     source_format = read_table(REPO / "data_prep" / "datasets.json")[args.dataset]["official"]["format"]
     if args.source and source_format == "sklearn-digits":
         parser.error(f"{args.dataset} is bundled with scikit-learn and takes no --source")
     if not args.source and source_format == "image-folder":
         parser.error(f"{args.dataset} needs --source PATH (an image folder: train/<class>/*, test/<class>/*)")
-    plan_options, rest = [], argv[4:]
-    while rest:  # everything but the driver's own options goes to generate.py plan as typed
-        token = rest.pop(0)
-        name = token.split("=", 1)[0]
-        if name in DRIVER_OPTIONS:
-            if "=" not in token:
-                del rest[:DRIVER_OPTIONS[name]]
-            continue
-        plan_options.append(token)
-    values = {"dataset": args.dataset, "teacher_depth": args.teacher_depth, "student_depth": args.student_depth,
-              "method": args.method, "out": str(Path(args.out).resolve()),
+
+
+def shell_assignments(argv):
+    """Checks run_stages.sh's arguments; returns the bash assignments its driver needs."""
+    parser = run_parser()
+    args = parser.parse_args(argv)
+    check_source(parser, args)
+    values = {"dataset": args.dataset, "out": str(Path(args.out).resolve()),
               "source": str(Path(args.source).resolve()) if args.source else "",
-              "gpu": "" if args.gpu is None else str(args.gpu)}
-    lines = [f"{k}={shlex.quote(str(v))}" for k, v in values.items()]
-    lines.append("plan_options=(" + " ".join(shlex.quote(t) for t in plan_options) + ")")
-    return "\n".join(lines)
+              "gpu": "" if args.gpu is None else str(args.gpu), "status": "yes" if args.status else ""}
+    return "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
 
 
 def main(argv=None):
@@ -260,7 +317,8 @@ def main(argv=None):
             return 2
         print(shell_assignments(rest))
     elif command == "reproduce":
-        reproduce_parser().parse_args(rest)
+        args = reproduce_parser().parse_args(rest)
+        print(f"status={'yes' if args.status else ''}")
     else:
         print("usage: python3 -m hintkd.options run|reproduce ARGS...", file=sys.stderr)
         return 2

@@ -509,11 +509,8 @@ def _run_in_table(study, method):
     return markdown(study, rows, reference, heading) + f"\nThe whole table: {command}\n"
 
 
-def main(argv=None):
-    """python3 -m hintkd.report DATASET T S METHOD --data DIR --out DIR [options]: the run beside the paper."""
-    parser = argparse.ArgumentParser(prog="python3 -m hintkd.report", description=main.__doc__)
-    options.add_run_arguments(parser)
-    opts = plan.options_from_args(parser.parse_args(argv))
+def write_comparison(opts):
+    """Prints the run beside the paper and writes it to comparison.md beside the run's summary."""
     text = beside_paper(opts)
     if text:
         print("\n" + text, end="")
@@ -523,6 +520,13 @@ def main(argv=None):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, text)
         print(f"comparison with the paper: {path}")
+
+
+def main(argv=None):
+    """python3 -m hintkd.report DATASET T S METHOD --data DIR --out DIR [options]: the run beside the paper."""
+    parser = argparse.ArgumentParser(prog="python3 -m hintkd.report", description=main.__doc__)
+    options.add_run_arguments(parser)
+    write_comparison(plan.options_from_args(parser.parse_args(argv)))
     return 0
 
 

@@ -7,6 +7,9 @@ own log goes to STAGE_DIR/caffe.log; progress goes to the terminal. Snapshots
 are taken here, each marked complete only after Caffe has written it, so an
 interrupted run resumes from its last whole snapshot. summary.json is written
 last: a stage with a summary is finished, and is skipped when run again.
+SIGTERM, SIGUSR1 (Slurm's warning ahead of a time limit) and SIGINT stop it
+after the current iteration with a snapshot and exit code 75 (STOPPED), never 0:
+a stopped stage is not finished. A stage that fails writes failed.json.
 """
 import argparse
 import fcntl
@@ -14,6 +17,8 @@ import json
 import math
 import os
 import re
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -25,10 +30,18 @@ SNAPSHOT_PREFIX = "snapshots/net"
 SUMMARY = "summary.json"
 FINAL_WEIGHTS = "final.caffemodel"
 KEEP_SNAPSHOTS = 2
+FAILED = "failed.json"  # why the last attempt failed; removed when the stage starts again
+LOCK = ".train.lock"
+STOPPED = 75  # exit code of a stage stopped by a signal (EX_TEMPFAIL: run it again to resume)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class TrainingError(Exception):
     """A stage that cannot go on; the message names the stage and the reason."""
+
+
+class Stopped(Exception):
+    """A signal stopped the stage after a snapshot; it resumes from there."""
 
 
 def read_stage(stage_dir):
@@ -37,6 +50,31 @@ def read_stage(stage_dir):
 
 def is_finished(stage_dir):
     return (Path(stage_dir) / SUMMARY).exists()
+
+
+def is_running(stage_dir):
+    """True while a process on this machine holds the stage's lock."""
+    path = Path(stage_dir) / LOCK
+    if not path.exists():
+        return False
+    with open(path) as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False  # closing the probe releases it
+
+
+def failure(stage_dir):
+    """What failed.json says about the last attempt, or None."""
+    path = Path(stage_dir) / FAILED
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def mark_failed(stage_dir, reason, exit_code=1):
+    write_json(Path(stage_dir) / FAILED, {"reason": reason, "exit": exit_code, "host": socket.gethostname(),
+                                           "job": os.environ.get("SLURM_JOB_ID"), "time": time.time(),
+                                           "log": str(Path(stage_dir).resolve() / "caffe.log")})
 
 
 def complete_snapshots(stage_dir):
@@ -139,7 +177,7 @@ def train(stage_dir, gpu=None, out=sys.stdout):
         print(f"[{label}] finished earlier: {stage_dir / SUMMARY}", file=out)
         return json.loads((stage_dir / SUMMARY).read_text())
     # One process per stage: another driver or job that reaches this stage waits, then reuses it.
-    lock = open(stage_dir / ".train.lock", "a")
+    lock = open(stage_dir / LOCK, "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -148,6 +186,7 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     if is_finished(stage_dir):
         print(f"[{label}] finished by another process: {stage_dir / SUMMARY}", file=out)
         return json.loads((stage_dir / SUMMARY).read_text())
+    (stage_dir / FAILED).unlink(missing_ok=True)
     caffe = engine.import_caffe(quiet=False)
     if gpu is not None:
         engine.check_gpu(gpu)
@@ -191,11 +230,18 @@ def train(stage_dir, gpu=None, out=sys.stdout):
                         force=solver.iter == max_iter)
         return now
 
+    stop = []
+    for signum in STOP_SIGNALS:  # handled between iterations: Caffe's step is never cut in two
+        signal.signal(signum, lambda number, frame: stop.append(signal.Signals(number).name))
     while solver.iter < max_iter - 1:
         solver.step(1)
         after_step()
-        if solver.iter % every == 0:
+        if solver.iter % every == 0 or stop:
             take_snapshot(solver, stage_dir)
+        if stop:
+            progress.close()
+            raise Stopped(f"[{label}] stopped by {stop[0]} at iteration {solver.iter}, after a snapshot; "
+                          "it resumes from there when run again")
     # Caffe's own Solve() runs the last iteration and the final test pass.
     solver.solve()
     final_losses = {"iteration": solver.iter, **after_step()}
@@ -264,15 +310,20 @@ def main(argv=None):
     parser.add_argument("stage_dir")
     parser.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
     args = parser.parse_args(argv)
+    stage_dir = Path(args.stage_dir).resolve()
     try:
-        summary = train(args.stage_dir, args.gpu)
+        summary = train(stage_dir, args.gpu)
+    except Stopped as e:
+        print(e, flush=True)
+        return STOPPED
     except (TrainingError, handoff.HandoffError, engine.EngineError) as e:
         print(f"error: {e}", file=sys.stderr)
+        mark_failed(stage_dir, str(e))
         return 1
     final = summary["final_test"] or summary["final_losses"] or {}
     results = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if k not in ("iteration", "seconds"))
     print(f"[{summary['label']}] done: {'test' if summary['final_test'] else 'training'} {results} "
-          f"at iteration {final.get('iteration')}; summary {Path(args.stage_dir).resolve() / SUMMARY}")
+          f"at iteration {final.get('iteration')}; summary {stage_dir / SUMMARY}")
     return 0
 
 

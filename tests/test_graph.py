@@ -12,7 +12,7 @@ def test_two_stages_at_a_time_finish_the_table_training_each_stage_once(tmp_path
     out = out_with_data(tmp_path, digits_data)
     result = run([RUN_STAGES, *TABLE3, "--jobs", "2", "--out", str(out)])
     study = report.Study("table3", out, "digits", (14, 8), float(SCALE))
-    nodes = graph.build(study)
+    nodes = graph.build([study.run_options(m) for m in study.methods()])
     assert len(nodes) == 19  # teacher and student once, though four methods need the teacher
     assert all(train.is_finished(folder) for folder in nodes)
     for folder, node in nodes.items():
@@ -25,7 +25,8 @@ def test_two_stages_at_a_time_finish_the_table_training_each_stage_once(tmp_path
     assert (out / "reports" / f"table3-digits-resnet14to8-scale{SCALE}" / "table.md").exists()
     assert (out / "digits" / f"proposed-resnet14to8-scale{SCALE}" / "run.json").exists()
     again = run([RUN_STAGES, *TABLE3, "--jobs", "2", "--out", str(out)])
-    assert again.stdout.count("finished earlier") == 6 and "[graph] started" not in again.stdout
+    assert again.stdout.count(": finished earlier\n") == 6  # each method
+    assert again.stdout.count("] finished earlier: ") == 19 and "[graph] started" not in again.stdout  # each stage
 
 
 def test_a_failed_stage_cancels_what_needs_it_and_says_so(tmp_path, digits_data):
@@ -36,8 +37,16 @@ def test_a_failed_stage_cancels_what_needs_it_and_says_so(tmp_path, digits_data)
     for suffix in (".complete", ".caffemodel", ".solverstate"):
         (teacher / "snapshots" / f"net_iter_5{suffix}").write_bytes(b"\x08 not a snapshot")
     result = run([RUN_STAGES, *TABLE3, "--jobs", "2", "--out", str(out)], check=False)
-    assert result.returncode == 1 and "a stage failed" in result.stderr
+    assert result.returncode == 1 and "a stage did not finish" in result.stderr
     assert f"[graph] FAILED teacher ResNet-14 (exit" in result.stdout and str(teacher / "caffe.log") in result.stdout
     assert "[graph] cancelled kd stage2 net 1: it needs teacher ResNet-14, which failed" in result.stdout
     assert "1 failed" in result.stdout and not train.is_finished(teacher)
     assert train.is_finished(out / "digits" / f"student-resnet8-w16.32.64-scale{SCALE}")  # it needs no teacher
+    assert train.failure(teacher)["log"] == str(teacher / "caffe.log")
+    status = run([RUN_STAGES, *TABLE3, "--status", "--out", str(out)], check=False)
+    assert status.returncode == 1
+    teacher_row = next(line for line in status.stdout.splitlines() if line.startswith("teacher ResNet-14"))
+    assert teacher_row.split()[2] == "failed" and teacher_row.endswith(f"log {teacher / 'caffe.log'}")
+    kd_row = next(line for line in status.stdout.splitlines() if line.startswith("kd stage2 net 1"))
+    assert "blocked" in kd_row and kd_row.endswith("needs teacher ResNet-14, which failed")
+    assert "19 stages: 1 done, 1 failed, 17 blocked" in status.stdout  # the student needs no teacher

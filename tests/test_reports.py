@@ -161,7 +161,7 @@ def test_table4_reproduced_on_digits_beside_the_paper(methods_out):
     assert {r["method"] for r in rows} >= {"kd", "hint-kd", "sl-resnet", "sl-resnet-kd", "proposed", "student"}
     assert r"\begin{tabular}" in (folder / "table.tex").read_text()
     again = reproduce("table4", *DIGITS, "--out", methods_out)
-    assert again.stdout.count("finished earlier") == 7
+    assert again.stdout.count(": finished earlier\n") == 7
 
 
 def test_missing_unfinished_and_other_scale_runs_are_never_filled(methods_out):

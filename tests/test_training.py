@@ -93,22 +93,25 @@ def test_diverging_loss_stops_with_the_stage_and_iteration(digits_data, tmp_path
     assert not train.is_finished(stage)
 
 
-def test_a_second_driver_on_the_same_output_folder_refuses(digits_data, tmp_path):
+def test_a_second_driver_on_the_same_output_folder_waits_for_the_stage_and_reuses_it(digits_data, tmp_path):
+    """Locks belong to stages: a second driver never trains a stage that another is training."""
     out = tmp_path / "runs"
     (out / "data").mkdir(parents=True)
     os.symlink(digits_data, out / "data" / "digits")
     args = [RUN_STAGES, "digits", "14", "8", "student", "--scale", "0.5", "--out", str(out)]
-    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 60
-        while not list(out.glob("digits/*/caffe.log")) and time.time() < deadline:
-            time.sleep(0.2)
-        second = run(args, check=False)
-        assert second.returncode == 1
-        assert "another run_stages.sh is using" in second.stderr
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stage = out / "digits" / "student-resnet8-w16.32.64-scale0.5"
+    deadline = time.time() + 60
+    while not train.is_running(stage) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not train.is_finished(stage)
+    second = run(args)
+    first_output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert "[student ResNet-8] another process is training this stage; waiting for it" in second.stdout
+    assert "[student ResNet-8] finished by another process" in second.stdout
+    assert (stage / "caffe.log").read_text().count("Initializing solver from parameters") == 1
+    assert "done: test accuracy" in first_output and train.is_finished(stage)
 
 
 @pytest.mark.parametrize("args,message", [
