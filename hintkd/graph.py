@@ -136,15 +136,14 @@ class Runner:
                 log.close()
             del self.running[folder]
             label = self.nodes[folder].label
-            if process.returncode == 0 and train.is_finished(folder):
+            ended = train.record_exit(folder, process.returncode)
+            if ended == "done":
                 if log:
                     self.say(f"finished {label}")
-            elif process.returncode == train.STOPPED:
+            elif ended == "stopped":
                 self.stopped.add(folder)
                 self.say(f"stopped {label} after a snapshot; it resumes from there when run again")
             else:
-                if not train.failure(folder):  # a crash: the process could not say why
-                    train.mark_failed(folder, f"exit {process.returncode}", process.returncode)
                 self.failed[folder] = process.returncode
                 self.say(f"FAILED {label} (exit {process.returncode}); its log: {folder / 'caffe.log'}"
                          + (f", its console: {folder / PROGRESS_LOG}" if log else ""))

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -195,11 +196,16 @@ def final_job(nodes, args, command, ids, submitted_stages, out):
 
 
 def job(stage_dir, gpu=None):
-    """What a stage's job runs: the stage; stopped by a signal that Slurm did not send to end
-    the job (the time-limit warning, scancel -b --signal), the job requeues itself."""
-    code = train.main([str(stage_dir)] + (["--gpu", str(gpu)] if gpu is not None else []))
+    """What a stage's job runs: the stage, in a process of its own so that a crash is
+    recorded too; stopped by a signal that Slurm did not send to end the job (the
+    time-limit warning, scancel -b --signal), the job requeues itself."""
+    command = [engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(stage_dir)]
+    stage = subprocess.Popen(command + (["--gpu", str(gpu)] if gpu is not None else []))
+    for signum in (signal.SIGTERM, signal.SIGUSR1):  # the batch shell gets them; the stage acts on them
+        signal.signal(signum, lambda number, frame: stage.send_signal(number))
+    code = stage.wait()
     job_id = os.environ.get("SLURM_JOB_ID")
-    if code == train.STOPPED and job_id:
+    if train.record_exit(stage_dir, code) == "stopped" and job_id:
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
         if state.stdout.strip() == "RUNNING":  # COMPLETING: Slurm is requeueing or cancelling it already
             requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)

@@ -77,6 +77,19 @@ def mark_failed(stage_dir, reason, exit_code=1):
                                            "log": str(Path(stage_dir).resolve() / "caffe.log")})
 
 
+def record_exit(stage_dir, code):
+    """What a stage process's exit code means: done, stopped or failed; a failure the
+    process could not describe itself (a crash, a kill) is written to failed.json here."""
+    if code == 0 and is_finished(stage_dir):
+        return "done"
+    if code == STOPPED:
+        return "stopped"
+    if not failure(stage_dir):
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        mark_failed(stage_dir, f"the training process {how}", code)
+    return "failed"
+
+
 def complete_snapshots(stage_dir):
     """(iteration, solverstate path) of every snapshot marked complete, oldest first."""
     found = []
@@ -176,6 +189,9 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     if is_finished(stage_dir):
         print(f"[{label}] finished earlier: {stage_dir / SUMMARY}", file=out)
         return json.loads((stage_dir / SUMMARY).read_text())
+    stop = []  # a stop signal is acted on between iterations (Caffe's step is never cut in two)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda number, frame: stop.append(signal.Signals(number).name))
     # One process per stage: another driver or job that reaches this stage waits, then reuses it.
     lock = open(stage_dir / LOCK, "a")
     try:
@@ -230,9 +246,8 @@ def train(stage_dir, gpu=None, out=sys.stdout):
                         force=solver.iter == max_iter)
         return now
 
-    stop = []
-    for signum in STOP_SIGNALS:  # handled between iterations: Caffe's step is never cut in two
-        signal.signal(signum, lambda number, frame: stop.append(signal.Signals(number).name))
+    if stop:  # told to stop while starting: nothing new to keep
+        raise Stopped(f"[{label}] stopped by {stop[0]} before its first iteration; it resumes when run again")
     while solver.iter < max_iter - 1:
         solver.step(1)
         after_step()

@@ -59,15 +59,20 @@ def missing_tools():
             if not shutil.which(t) and not Path("/usr/sbin", t).exists()]
 
 
+def munge_works():
+    return subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True).returncode == 0
+
+
 def start_munge():
-    """munged as the munge user, once per machine (the package made its key)."""
-    if subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True).returncode == 0:
-        return
+    """munged as the munge user (the package made its key); returns its pid, or None
+    when one was running already."""
+    if munge_works():
+        return None
     subprocess.run(["install", "-d", "-o", "munge", "-g", "munge", "-m0755", "/run/munge"], check=True)
     subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
     for _ in range(50):
-        if subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True).returncode == 0:
-            return
+        if munge_works():
+            return int(Path("/run/munge/munged.pid").read_text())
         time.sleep(0.1)
     raise SlurmError("munged did not start")
 
@@ -95,7 +100,7 @@ class SlurmCluster:
                                          port=port, dport=free_port()))
         # slurmd 22.05 always loads a cgroup plugin, and reads its config beside slurm.conf.
         (self.dir / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
-        start_munge()
+        self.munged = start_munge()
         for daemon in ("slurmctld", "slurmd"):
             log = open(self.dir / f"{daemon}.out", "w")
             subprocess.Popen([f"/usr/sbin/{daemon}", "-D", "-f", str(self.conf)], stdout=log, stderr=log,
@@ -111,16 +116,36 @@ class SlurmCluster:
 
     def __exit__(self, *exc):
         subprocess.run(["scancel", "--full", "--signal=KILL", "-u", "root"], env=self.env, capture_output=True)
+        pids = []
         for pidfile in ("d.pid", "ctld.pid"):
             try:
-                os.kill(int((self.dir / pidfile).read_text()), signal.SIGTERM)
-            except (FileNotFoundError, ValueError, ProcessLookupError):
+                pids.append(int((self.dir / pidfile).read_text()))
+            except (FileNotFoundError, ValueError):
+                pass
+        pids += [self.munged] if getattr(self, "munged", None) else []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
                 pass
         time.sleep(1)
 
     def squeue(self, *args):
         return subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, env=self.env,
                               check=True).stdout
+
+    def states(self):
+        """{job id: state} of every job Slurm still holds, finished ones too (MinJobAge)."""
+        return dict(line.split() for line in self.squeue("-t", "all", "-r", "-o", "%i %T").splitlines())
+
+    def wait_until_idle(self, timeout):
+        """Waits until no job is pending or running; returns the seconds it took."""
+        started = time.time()
+        while self.squeue().strip():  # pending, running, completing (a requeued job is pending)
+            if time.time() - started > timeout:
+                raise SlurmError(f"jobs still queued after {timeout} s:\n{self.squeue()}")
+            time.sleep(1)
+        return time.time() - started
 
 
 if __name__ == "__main__":
