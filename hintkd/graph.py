@@ -97,9 +97,10 @@ class Runner:
     inputs finish. One at a time, a stage writes to the terminal; several at once, each
     writes to its progress.log and a status line comes every STATUS_EVERY seconds."""
 
-    def __init__(self, nodes, jobs=1, gpu=None, out=sys.stdout):
-        self.nodes, self.jobs, self.gpu, self.out = nodes, jobs, gpu, out
+    def __init__(self, nodes, jobs=1, gpus=None, out=sys.stdout):
+        self.nodes, self.jobs, self.gpus, self.out = nodes, jobs, gpus or [], out
         self.running, self.failed, self.stopped, self.cancelled = {}, {}, set(), set()
+        self.device_of = {}  # stage folder -> the GPU it was started on
         self.last_status = 0.0
 
     def state(self, folder):
@@ -120,13 +121,23 @@ class Runner:
 
     def start(self, folder):
         command = [engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(folder)]
-        command += ["--gpu", str(self.gpu)] if self.gpu is not None else []
+        device = self.least_busy_gpu()
+        command += ["--gpu", str(device)] if device is not None else []
         env = dict(os.environ, PYTHONPATH=str(engine.REPO), OMP_NUM_THREADS=threads_per_stage(self.jobs))
         log = open(folder / PROGRESS_LOG, "a") if self.jobs > 1 else None
         # One at a time, the stage writes to the terminal (log None: inherited).
         self.running[folder] = (subprocess.Popen(command, stdout=log, stderr=log and subprocess.STDOUT, env=env), log)
+        self.device_of[folder] = device
         if log:
-            self.say(f"started {self.nodes[folder].label} ({folder}); its progress: {folder / PROGRESS_LOG}")
+            self.say(f"started {self.nodes[folder].label} ({folder})" + (f" on GPU {device}" if self.gpus else "")
+                     + f"; its progress: {folder / PROGRESS_LOG}")
+
+    def least_busy_gpu(self):
+        """The GPU with the fewest running stages (several stages may share one), or None on the CPU."""
+        if not self.gpus:
+            return None
+        busy = [self.device_of[f] for f in self.running]
+        return min(self.gpus, key=busy.count)
 
     def reap(self):
         for folder, (process, log) in list(self.running.items()):

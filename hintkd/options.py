@@ -116,14 +116,13 @@ def existing_path(text):
     return text
 
 
-def gpu(text):
-    if "," in text:
-        raise argparse.ArgumentTypeError(f"{text}: multi-GPU data parallel is not available in this Caffe "
-                                         "(no NCCL; README 'On a GPU'): give one device")
+def gpus(text):
+    """'0' or '0,1,...': the devices; more than one is for --jobs K (whole stages spread over them)."""
     try:
-        return int(text)
+        return [int(d) for d in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--gpu takes a device number like 0, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"--gpu takes a device number like 0 (or 0,1 with --jobs), "
+                                         f"got '{text}'") from None
 
 
 def widths(text):
@@ -193,7 +192,8 @@ def add_run_arguments(parser):
 def add_device_options(parser):
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--cpu", action="store_true", help="train on the CPU (the default)")
-    device.add_argument("--gpu", type=gpu, metavar="N", help="train on GPU N")
+    device.add_argument("--gpu", type=gpus, metavar="N[,M...]",
+                        help="train on GPU N; with --jobs K, the stages spread over GPUs N,M,...")
 
 
 SLURM_OPTIONS = ("partition", "time", "gres", "cpus_per_task", "array_throttle", "sbatch_args", "job_prefix")
@@ -244,6 +244,10 @@ def without_execution(argv):
 
 
 def check_execution(parser, args):
+    if args.gpu and len(args.gpu) > 1 and (args.jobs == 1 or args.slurm):
+        parser.error(f"--gpu {','.join(map(str, args.gpu))}: multi-GPU data parallel is not available in this "
+                     "Caffe (no NCCL; README 'On a GPU'): give one device, or --jobs K to train K stages at once "
+                     "spread over these GPUs (with --slurm: --gpu 0 and --gres gpu:1)")
     if args.status and (args.slurm or args.jobs > 1):
         parser.error("--status trains nothing: give it without --slurm and --jobs")
     if args.slurm and args.jobs > 1:
@@ -303,7 +307,7 @@ def shell_assignments(argv):
     check_source(parser, args)
     values = {"dataset": args.dataset, "out": str(Path(args.out).resolve()),
               "source": str(Path(args.source).resolve()) if args.source else "",
-              "gpu": "" if args.gpu is None else str(args.gpu), "status": "yes" if args.status else ""}
+              "gpu": ",".join(map(str, args.gpu or [])), "status": "yes" if args.status else ""}
     return "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
 
 

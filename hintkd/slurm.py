@@ -98,7 +98,7 @@ def job_name(text):
 def stage_script(members, args):
     """The batch script of one stage, or of a job array (task k: Net k)."""
     prefix = f"{args.job_prefix} " if args.job_prefix else ""
-    gpu = f" --gpu {args.gpu}" if args.gpu is not None else ""
+    gpu = f" --gpu {args.gpu[0]}" if args.gpu else ""  # the device Slurm gave the job (--gres)
     if len(members) == 1 and not net_number(members[0]):
         choose = f"stage={shlex.quote(str(members[0]))}"
     else:
@@ -195,23 +195,35 @@ def final_job(nodes, args, command, ids, submitted_stages, out):
     return job
 
 
+def last_snapshot(stage_dir):
+    snapshots = train.complete_snapshots(stage_dir)
+    return snapshots[-1][0] if snapshots else 0
+
+
 def job(stage_dir, gpu=None):
     """What a stage's job runs: the stage, in a process of its own so that a crash is
-    recorded too; stopped by a signal that Slurm did not send to end the job (the
-    time-limit warning, scancel -b --signal), the job requeues itself."""
+    recorded too. Stopped by a signal that Slurm did not send to end the job (the
+    time-limit warning, scancel -b --signal), the job requeues itself, unless it
+    made no progress (a time limit shorter than the warning would requeue forever)."""
+    started_from = last_snapshot(stage_dir)
     command = [engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(stage_dir)]
     stage = subprocess.Popen(command + (["--gpu", str(gpu)] if gpu is not None else []))
     for signum in (signal.SIGTERM, signal.SIGUSR1):  # the batch shell gets them; the stage acts on them
         signal.signal(signum, lambda number, frame: stage.send_signal(number))
     code = stage.wait()
     job_id = os.environ.get("SLURM_JOB_ID")
-    if train.record_exit(stage_dir, code) == "stopped" and job_id:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-        if state.stdout.strip() == "RUNNING":  # COMPLETING: Slurm is requeueing or cancelling it already
-            requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-            print(f"[slurm] job {job_id} requeued: the stage resumes from its snapshot"
-                  if requeue.returncode == 0 else f"[slurm] scontrol requeue {job_id}: {requeue.stderr.strip()}",
-                  flush=True)
+    if train.record_exit(stage_dir, code) != "stopped" or not job_id:
+        return code
+    state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    if state.stdout.strip() != "RUNNING":  # COMPLETING: Slurm is requeueing or cancelling it already
+        return code
+    if last_snapshot(stage_dir) <= started_from:
+        train.mark_failed(stage_dir, f"job {job_id} was told to stop before it trained an iteration: a time limit "
+                                     f"(--time) well above the {WARNING_SECONDS} s warning lets it go on")
+        return 1
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    print(f"[slurm] job {job_id} requeued: the stage resumes from its snapshot" if requeue.returncode == 0
+          else f"[slurm] scontrol requeue {job_id}: {requeue.stderr.strip()}", flush=True)
     return code
 
 

@@ -108,4 +108,21 @@ def test_multi_gpu_is_refused_with_the_reason(tmp_path):
     result = run([str(REPO / "run_stages.sh"), "digits", "14", "8", "student", "--gpu", "0,1",
                   "--out", str(tmp_path)], check=False)
     assert result.returncode != 0 and not any(tmp_path.iterdir())
-    assert "--gpu: 0,1: multi-GPU data parallel is not available" in result.stderr and "NCCL" in result.stderr
+    assert "--gpu 0,1: multi-GPU data parallel is not available" in result.stderr and "NCCL" in result.stderr
+    assert "or --jobs K to train K stages at once spread over these GPUs" in result.stderr
+
+
+def test_jobs_spread_whole_stages_over_the_gpus_listed(prefix, tmp_path, digits_data):
+    """--jobs 2 --gpu 0,1: each ready stage on the GPU with the fewest running stages. With no
+    GPU here each stage stops at the driver's device check, which names its GPU."""
+    (tmp_path / "data").mkdir()
+    os.symlink(digits_data, tmp_path / "data" / "digits")
+    result = run([str(REPO / "run_stages.sh"), "reproduce", "table3", "--dataset", "digits", "--depths", "14,8",
+                  "--quick", "--jobs", "2", "--gpu", "0,1", "--out", str(tmp_path)], check=False)
+    assert result.returncode == 1
+    teacher = tmp_path / "digits" / "teacher-resnet14-w16.32.64-scale0.01"
+    student = tmp_path / "digits" / "student-resnet8-w16.32.64-scale0.01"
+    assert f"[graph] started teacher ResNet-14 ({teacher}) on GPU 0" in result.stdout
+    assert f"[graph] started student ResNet-8 ({student}) on GPU 1" in result.stdout
+    assert "GPU 0 was asked for, but CUDA reports:" in (teacher / "progress.log").read_text()
+    assert "GPU 1 was asked for, but CUDA reports:" in (student / "progress.log").read_text()

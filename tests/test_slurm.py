@@ -69,12 +69,13 @@ def test_the_grid_as_jobs_ends_with_the_table_and_a_second_submission_adds_none(
 
 
 def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_path, digits_data):
-    """Two ways a job is told to stop: a signal alone (the time-limit warning, here TERM from
-    scancel -b), after which the job requeues itself; and Slurm's own requeue."""
+    """Three ways a job is told to stop: a signal alone, after which the job requeues itself
+    (USR1 as --signal=B:USR1@300 sends it ahead of the time limit; TERM from scancel -b);
+    and Slurm's own requeue, as in a preemption."""
     out = out_with_data(tmp_path, digits_data)
-    submitted = submit(cluster, ["digits", "14", "8", "teacher", "--scale", "2"], out)  # 2,400 iterations
+    submitted = submit(cluster, ["digits", "14", "8", "teacher", "--scale", "3"], out)  # 3,600 iterations
     final = submitted.stdout.split("the summaries and the table: job ")[1].split()[0]
-    teacher = out / "digits" / "teacher-resnet14-w16.32.64-scale2"
+    teacher = out / "digits" / "teacher-resnet14-w16.32.64-scale3"
     env = {"SLURM_CONF": str(cluster.conf)}
     job = job_of(teacher)
     def last_snapshot():
@@ -82,7 +83,9 @@ def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_pa
         return snapshots[-1][0] if snapshots else 0
 
     stopped_at = 0
-    for stop, starts in ((["scancel", "-b", "--signal=TERM", job], 1), (["scontrol", "requeue", job], 2)):
+    stops = [(["scancel", "-b", "--signal=USR1", job], "SIGUSR1"), (["scancel", "-b", "--signal=TERM", job], "SIGTERM"),
+             (["scontrol", "requeue", job], "SIGTERM")]
+    for starts, (stop, signal_name) in enumerate(stops, start=1):
         wait_for(lambda: last_snapshot() > stopped_at and train.is_running(teacher), 300, "a snapshot of this start")
         before = last_snapshot()
         run(stop, env=env)
@@ -91,15 +94,15 @@ def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_pa
         wait_for(lambda: cluster.states()[job] in ("PENDING", "RUNNING"), 30, "the job to be requeued")
         assert cluster.states()[final] == "PENDING"  # the stop released nothing
         console = (teacher / f"slurm-{job}.out").read_text()
-        assert console.count("stopped by SIGTERM at iteration") == starts
+        assert console.count("] stopped by SIG") == starts and f"stopped by {signal_name} at iteration" in console
         assert console.count("resuming from the snapshot") == starts - 1
         stopped_at = last_snapshot()
         assert stopped_at > before  # a snapshot at the stop
     cluster.wait_until_idle(timeout=600)
     console = (teacher / f"slurm-{job}.out").read_text()
-    assert console.count("resuming from the snapshot at iteration") == 2
+    assert console.count("resuming from the snapshot at iteration") == 3
     summary = json.loads((teacher / train.SUMMARY).read_text())
-    assert summary["iterations"] == 2400 and summary["final_test"]["iteration"] == 2400
+    assert summary["iterations"] == 3600 and summary["final_test"]["iteration"] == 3600
     assert cluster.states()[job] == "COMPLETED"
 
 
