@@ -125,6 +125,9 @@ def test_a_second_driver_on_the_same_output_folder_waits_for_the_stage_and_reuse
     (["digits", "14"], "expected DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD first"),
     (["digits", "14", "8", "student", "--source", "/"], "digits is bundled with scikit-learn and takes no --source"),
     (["folder", "14", "8", "student"], "folder needs --source PATH"),
+    (["digits", "14", "8", "student", "--status", "--jobs", "2"], "--status trains nothing"),
+    (["digits", "14", "8", "student", "--partition", "gpu"], "--partition is an option of --slurm"),
+    (["digits", "14", "8", "student", "--slurm", "--jobs", "2"], "--jobs is for this machine"),
 ])
 def test_driver_rejects_bad_arguments_before_any_work(tmp_path, args, message):
     """One line naming run_stages.sh, and nothing prepared or written (a fresh --out stays absent)."""
