@@ -244,8 +244,15 @@ def _paper(value):
 
 
 def _status(cells):
-    statuses = {c.status for c in cells if c.status != "done"}
-    return ", ".join(sorted(statuses))
+    """Why a row has no average: each kind of missing net once ("unfinished (3596/4000 it.)"
+    and "unfinished" are one kind), with how many nets it holds back when not all."""
+    kinds = {}
+    for cell in cells:
+        if cell.status != "done":
+            kind = cell.status.split(" (")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return ", ".join(kind if n == len(cells) else f"{kind} ({n} of {len(cells)} nets)"
+                     for kind, n in sorted(kinds.items()))
 
 
 def reference_rows(study, reference):
