@@ -72,7 +72,11 @@ def jobs_of(nodes):
     recorded = {f: json.loads((f / JOB_FILE).read_text())["job"] for f in nodes if (f / JOB_FILE).exists()}
     if not recorded:
         return {}
-    states = queue()
+    try:
+        states = queue()
+    except SlurmError as e:  # the files still say what is finished; only the queue is unknown
+        print(f"[slurm] {e}: the queue's state is unknown", file=sys.stderr)
+        return {}
     return {f: Job(job, states[job]) for f, job in recorded.items()
             if states.get(job, "COMPLETED") not in ENDED and not train.is_finished(f)}
 
