@@ -67,16 +67,18 @@ def queue():
     return dict(line.split() for line in result.stdout.splitlines() if line.strip())
 
 
-def jobs_of(nodes):
-    """{stage folder: Job} of the stages whose recorded job Slurm has queued or running."""
+def jobs_of(nodes, states=None):
+    """{stage folder: Job} of the stages whose recorded job Slurm has queued or running
+    (states: queue() when the caller has it)."""
     recorded = {f: json.loads((f / JOB_FILE).read_text())["job"] for f in nodes if (f / JOB_FILE).exists()}
     if not recorded:
         return {}
-    try:
-        states = queue()
-    except SlurmError as e:  # the files still say what is finished; only the queue is unknown
-        print(f"[slurm] {e}: the queue's state is unknown", file=sys.stderr)
-        return {}
+    if states is None:
+        try:
+            states = queue()
+        except SlurmError as e:  # the files still say what is finished; only the queue is unknown
+            print(f"[slurm] {e}: the queue's state is unknown", file=sys.stderr)
+            return {}
     return {f: Job(job, states[job]) for f, job in recorded.items()
             if states.get(job, "COMPLETED") not in ENDED and not train.is_finished(f)}
 
@@ -138,7 +140,10 @@ def sbatch(script, name, output, args, dependencies=(), array=None):
         if getattr(args, option) is not None:
             command.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
     command += shlex.split(args.sbatch_args)
-    result = subprocess.run(command, input=script, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, input=script, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SlurmError("sbatch is not installed here: submit from a machine of the Slurm cluster") from None
     if result.returncode != 0:
         raise SlurmError(f"sbatch refused {name}: {result.stderr.strip()}")
     return result.stdout.strip().split(";")[0]  # "id" or "id;cluster"
@@ -147,12 +152,12 @@ def sbatch(script, name, output, args, dependencies=(), array=None):
 def submit(nodes, args, final_command, out=sys.stdout):
     """Submits every unfinished stage not already queued or running, and a final job;
     prints the job ids and how to follow them. Returns an exit code."""
-    active = jobs_of(nodes)
-    ids = {folder: job.id for folder, job in active.items()}
-    to_submit = [f for f in nodes if not train.is_finished(f) and f not in active]
-    for folder, job in active.items():
-        print(f"[slurm] {nodes[folder].label}: already {job.state.lower()} as job {job.id}", file=out)
     try:
+        active = jobs_of(nodes, queue())  # no queue, no submission: it could duplicate queued jobs
+        ids = {folder: job.id for folder, job in active.items()}
+        to_submit = [f for f in nodes if not train.is_finished(f) and f not in active]
+        for folder, job in active.items():
+            print(f"[slurm] {nodes[folder].label}: already {job.state.lower()} as job {job.id}", file=out)
         for members in groups(to_submit):
             needs = {n for m in members for n in nodes[m].needs if not train.is_finished(n)}
             dependencies = sorted({ids[n] for n in needs})
@@ -185,7 +190,8 @@ def submit(nodes, args, final_command, out=sys.stdout):
 
 def final_job(nodes, args, command, ids, submitted_stages, out):
     """The job that runs the command without --slurm once every stage is finished; one per command."""
-    record = Path(args.out).resolve() / "slurm" / f"final-{hashlib.sha256(shlex.join(command).encode()).hexdigest()[:12]}.json"
+    key = hashlib.sha256(shlex.join(command).encode()).hexdigest()[:12]
+    record = Path(args.out).resolve() / "slurm" / f"final-{key}.json"
     if record.exists() and not submitted_stages:
         earlier = json.loads(record.read_text())["job"]
         if queue().get(earlier, "COMPLETED") not in ENDED:
