@@ -123,5 +123,6 @@ def test_a_failed_stage_cancels_its_dependents_and_status_names_it(cluster, tmp_
                  env={"SLURM_CONF": str(cluster.conf)})
     assert status.returncode == 1
     rows = {line.split("  ")[0]: line for line in status.stdout.splitlines()}
-    assert rows["teacher ResNet-14"].endswith(f"log {teacher / 'caffe.log'}") and " failed " in rows["teacher ResNet-14"]
+    teacher_row = rows["teacher ResNet-14"]
+    assert " failed " in teacher_row and teacher_row.endswith(f"log {teacher / 'caffe.log'}")
     assert rows["kd stage2 net 1"].endswith("needs teacher ResNet-14, which failed")
