@@ -42,7 +42,10 @@ def wait_for(condition, timeout, what):
 
 def test_the_grid_as_jobs_ends_with_the_table_and_a_second_submission_adds_none(cluster, tmp_path, digits_data):
     out = out_with_data(tmp_path, digits_data)
-    first = submit(cluster, [*TABLE3, "--array-throttle", "2"], out)
+    prefix = tmp_path / "prefix.sh"  # stands for 'apptainer exec ...': notes each command, then runs it
+    prefix.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "prefixed.txt"}\nexec "$@"\n')
+    prefix.chmod(0o755)
+    first = submit(cluster, [*TABLE3, "--array-throttle", "2", "--job-prefix", str(prefix)], out)
     assert "[slurm] 19 stages submitted, 0 already in the queue; the summaries and the table: job" in first.stdout
     known = set(cluster.states())
     again = submit(cluster, TABLE3, out)
@@ -66,6 +69,10 @@ def test_the_grid_as_jobs_ends_with_the_table_and_a_second_submission_adds_none(
     assert table.exists() and "| Proposed" in table.read_text()
     status = run([RUN_STAGES, *TABLE3, "--status", "--out", str(out)], env={"SLURM_CONF": str(cluster.conf)})
     assert "19 stages: 19 done" in status.stdout
+    prefixed = (tmp_path / "prefixed.txt").read_text().splitlines()
+    assert sum("-m hintkd.slurm job" in line for line in prefixed) == 19
+    assert sum(line.startswith("engine/install_caffe.sh") for line in prefixed) == 19
+    assert f"{RUN_STAGES} reproduce {' '.join(TABLE3[1:])} --out {out}" in prefixed  # the final job, no --slurm
 
 
 def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_path, digits_data):
