@@ -39,11 +39,13 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0";
 if [ "${1:-}" = reproduce ]; then  # one table or figure: its runs through this script, then the report
   shift
   parsed=$(PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options reproduce "$@") || exit
+  [ -n "$parsed" ] || exit 0  # --help
   eval "$parsed"  # sets status
   [ -n "$status" ] || "$ROOT/engine/install_caffe.sh" >/dev/null
   exec "$PYTHON" "$ROOT/analysis/reproduce.py" "$@"
 fi
 parsed=$(PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options run "$@") || exit
+[ -n "$parsed" ] || exit 0  # --help
 # Sets dataset, out, source, gpu and status.
 eval "$parsed"
 if [ -z "$status" ]; then

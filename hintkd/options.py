@@ -12,6 +12,7 @@ says what to give instead. `run` prints the parsed values as shell assignments
 for the driver; `reproduce` prints nothing.
 """
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -314,6 +315,9 @@ def shell_assignments(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if "-h" in rest or "--help" in rest:  # the help goes to the terminal, never into the driver's eval
+        with contextlib.redirect_stdout(sys.stderr):
+            (run_parser() if command == "run" else reproduce_parser()).parse_args(rest)
     if command == "run":
         if len(rest) < 4 or any(a.startswith("-") for a in rest[:4]):
             print(f"{PROG}: error: expected DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD first, e.g. "

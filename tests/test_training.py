@@ -151,3 +151,10 @@ def test_a_source_other_than_the_prepared_one_is_refused(tmp_path, mnist_2k):
     assert result.returncode != 0
     assert f"was prepared from {SHARED_MNIST.resolve()}" in result.stderr and f"--source {other}" in result.stderr
     assert not list(out.glob("mnist/student-*"))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["digits", "14", "8", "kd", "--help"], ["reproduce", "table1", "-h"]])
+def test_help_is_printed_whole_and_nothing_runs(tmp_path, args):
+    result = run([RUN_STAGES, *args, "--out", str(tmp_path / "runs")], check=False)
+    assert result.returncode == 0 and "--jobs" in result.stdout + result.stderr
+    assert "command not found" not in result.stderr and not (tmp_path / "runs").exists()
