@@ -234,3 +234,13 @@ def test_each_row_says_whether_it_differs_from_the_next_beyond_the_spread_of_its
     unfinished = Row("label", "kd", [Cell(final=1.0, status="done"), Cell(status="unfinished")], None)
     assert versus_next([row(*apart[0]), row(*apart[1]), unfinished, row(*close[0])]) == \
         [welch_p(*apart), None, None, None]
+
+
+def test_the_readme_shows_the_kept_study_table_as_reproduce_wrote_it():
+    """README's real-CIFAR-10 section and analysis/studies/ hold the same table."""
+    kept = REPO / "analysis" / "studies" / "table1-cifar10-resnet14to8-scale0.0625"
+    assert kept.joinpath("table.md").read_text().rstrip("\n") in (REPO / "README.md").read_text()
+    rows = list(csv.DictReader(open(kept / "table.csv")))
+    assert {r["method"] for r in rows} == {"kd", "hint-kd", "hint-kd+", "proposed", "student", "teacher"}
+    assert all(r["status"] == "done" for r in rows)
+    assert (kept / "figure.png").stat().st_size > 0 and r"\begin{tabular}" in (kept / "table.tex").read_text()
