@@ -77,13 +77,13 @@ def main(argv=None):
             if not (args.status or prepare(study, args.source)):
                 return 1
             runs = [study.run_options(method) for method in study.methods()]
-            unfinished = [opts for method, opts in zip(study.methods(), runs)
-                          if not all(d == t for _, d, t in study.progress(method))]
+            nodes = graph.build(runs, write=not args.status)
+            unfinished = [opts for opts in runs if not graph.is_done(nodes, opts)]
             for opts in runs:
                 if opts not in unfinished and not args.status:
                     print(f"[reproduce {study.name}] {opts.method}: finished earlier")
             final_command = [str(ROOT / "run_stages.sh"), "reproduce", *options.without_execution(argv)]
-            code = graph.execute(runs, args, final_command, finish_runs=unfinished)
+            code = graph.execute(runs, nodes, args, final_command, finish_runs=unfinished)
             if code or args.status or args.slurm:
                 if code and not args.status:
                     print("reproduce.py: error: a stage did not finish (see above); the table is not built "

@@ -67,8 +67,7 @@ def iterations_done(folder, total):
             f.seek(max(0, log.stat().st_size - 65536))
             found = re.findall(rb"Iteration (\d+)", f.read())
         logged = min(int(found[-1]), total) if found else 0
-    snapshots = train.complete_snapshots(folder)
-    return max(logged, snapshots[-1][0] if snapshots else 0)
+    return max(logged, train.last_snapshot(folder))
 
 
 def file_state(folder):
@@ -180,8 +179,8 @@ class Runner:
             return
         self.last_status = time.time()
         counts = {}
-        for folder in self.nodes:
-            counts[self.state(folder)] = counts.get(self.state(folder), 0) + 1
+        for state in map(self.state, self.nodes):
+            counts[state] = counts.get(state, 0) + 1
         self.say(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "running", "waiting", "failed", "cancelled")))
         for folder, (_, log) in self.running.items():
             lines = (folder / PROGRESS_LOG).read_text(errors="replace").strip().splitlines() if log else []
@@ -224,9 +223,8 @@ def print_status(nodes, out=sys.stdout):
     at the speed this machine or cluster measured for it or for a stage like it."""
     jobs = slurm.jobs_of(nodes)
     estimator = estimate.Estimator()
-    for folder in nodes:
-        estimator.learn(folder)
-    counts, states, seconds_left, unknown = {}, {}, 0.0, 0
+    own_speed = {folder: estimator.learn(folder) for folder in nodes}  # all learned before any is estimated
+    counts, states, seconds_left, unknown, total_done = {}, {}, 0.0, 0, 0
     rows = []
     for folder, node in nodes.items():
         state, where = file_state(folder), ""
@@ -242,7 +240,8 @@ def print_status(nodes, out=sys.stdout):
         elif state == "running":
             where = "on this machine"
         done = iterations_done(folder, node.total)
-        speed = estimator.learn(folder) or estimator.by_kind.get(estimate.kind_of(folder))
+        total_done += done
+        speed = own_speed[folder] or estimator.by_kind.get(estimate.kind_of(folder))
         if done < node.total:
             if speed:
                 left = estimate.stage_seconds(node.planner, folder, done, node.total, speed)
@@ -260,7 +259,6 @@ def print_status(nodes, out=sys.stdout):
     print("  ".join(h.ljust(w) for h, w in zip(("stage", "state", "iterations", "left"), widths)), file=out)
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + f"  {row[4]}".rstrip(), file=out)
-    total_done = sum(iterations_done(f, n.total) for f, n in nodes.items())
     total = sum(n.total for n in nodes.values())
     print(f"{len(nodes)} stages: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts.get(s)), file=out)
     print(f"iterations: {total_done}/{total}; time left: about {estimate.hms(seconds_left)}"
@@ -275,11 +273,15 @@ def finish(opts, nodes):
     report.write_comparison(opts)
 
 
-def execute(runs, args, final_command, finish_runs=None):
-    """What run_stages.sh METHOD and reproduce TARGET share: --status, --slurm, or the
-    unfinished stages trained here; then each run of `finish_runs` (default: every
-    run) that is finished gets its summary. Returns an exit code."""
-    nodes = build(runs, write=not args.status)
+def is_done(nodes, opts):
+    return all(train.is_finished(f) for f in stages_of(nodes, opts))
+
+
+def execute(runs, nodes, args, final_command, finish_runs=None):
+    """What run_stages.sh METHOD and reproduce TARGET share, on the graph of `runs`
+    (build(runs, write=not args.status)): --status, --slurm, or the unfinished stages
+    trained here; then each run of `finish_runs` (default: every run) that is finished
+    gets its summary. Returns an exit code."""
     if args.status:
         counts = print_status(nodes)
         return 1 if counts.get("failed") else 0
@@ -287,7 +289,7 @@ def execute(runs, args, final_command, finish_runs=None):
         return slurm.submit(nodes, args, final_command)
     done = Runner(nodes, args.jobs, args.gpu).run()
     for opts in runs if finish_runs is None else finish_runs:
-        if all(train.is_finished(f) for f in stages_of(nodes, opts)):
+        if is_done(nodes, opts):
             finish(opts, nodes)
     return 0 if done else 1
 
@@ -300,7 +302,8 @@ def main(argv=None):
     args.out = str(Path(args.out).resolve())
     try:
         opts = plan.options_from_args(args)
-        code = execute([opts], args, [str(engine.REPO / "run_stages.sh"), *options.without_execution(argv)])
+        code = execute([opts], build([opts], write=not args.status), args,
+                       [str(engine.REPO / "run_stages.sh"), *options.without_execution(argv)])
     except plan.PlanError as e:
         print(f"run_stages.sh: error: {e}", file=sys.stderr)
         return 1

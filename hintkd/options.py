@@ -197,14 +197,11 @@ def add_device_options(parser):
                         help="train on GPU N; with --jobs K, the stages spread over GPUs N,M,...")
 
 
-SLURM_OPTIONS = ("partition", "time", "gres", "cpus_per_task", "array_throttle", "sbatch_args", "job_prefix")
-
-
 def add_execution_options(parser):
     """How the unfinished stages run: here, K at a time; as Slurm jobs; or not at all."""
     how = parser.add_argument_group("how the stages run (one graph of stages: hintkd/graph.py)")
     slurm = parser.add_argument_group("Slurm jobs (with --slurm)")
-    parser.execution_actions = [
+    local = [
         how.add_argument("--jobs", type=positive(int), default=1,
                          help="stages trained at once on this machine, each with cores / K OpenMP threads "
                               "(default 1)"),
@@ -213,6 +210,8 @@ def add_execution_options(parser):
         how.add_argument("--slurm", action="store_true",
                          help="submit the unfinished stages as Slurm jobs whose dependencies mirror the graph, "
                               "and a last job that builds the results"),
+    ]
+    parser.slurm_actions = [
         slurm.add_argument("--partition", help="sbatch --partition"),
         slurm.add_argument("--time", help="sbatch --time, a job's time limit (e.g. 4:00:00); a stage stopped by "
                                           "it resumes in its requeued job"),
@@ -225,6 +224,7 @@ def add_execution_options(parser):
         slurm.add_argument("--job-prefix", default="",
                            help="put before each job's commands, e.g. 'apptainer exec --nv hintkd.sif'"),
     ]
+    parser.execution_actions = local + parser.slurm_actions
     parser.checks.append(check_execution)
 
 
@@ -253,9 +253,10 @@ def check_execution(parser, args):
         parser.error("--status trains nothing: give it without --slurm and --jobs")
     if args.slurm and args.jobs > 1:
         parser.error("--jobs is for this machine; with --slurm the cluster runs the stages (see --array-throttle)")
-    given = [name for name in SLURM_OPTIONS if getattr(args, name) not in (None, "")]
+    given = [action.option_strings[0] for action in parser.slurm_actions
+             if getattr(args, action.dest) not in (None, "")]
     if given and not args.slurm:
-        parser.error(f"--{given[0].replace('_', '-')} is an option of --slurm")
+        parser.error(f"{given[0]} is an option of --slurm")
 
 
 def run_parser():

@@ -333,8 +333,7 @@ def progress_of(planner):
     rows = []
     for folder in planner.stages:
         total = planner.iterations_of[folder]
-        snapshots = train.complete_snapshots(folder)
-        done = total if train.is_finished(folder) else (snapshots[-1][0] if snapshots else 0)
+        done = total if train.is_finished(folder) else train.last_snapshot(folder)
         rows.append((folder, done, total))
     return rows
 

@@ -153,7 +153,8 @@ def submit(nodes, args, final_command, out=sys.stdout):
     """Submits every unfinished stage not already queued or running, and a final job;
     prints the job ids and how to follow them. Returns an exit code."""
     try:
-        active = jobs_of(nodes, queue())  # no queue, no submission: it could duplicate queued jobs
+        states = queue()  # no queue, no submission: it could duplicate queued jobs
+        active = jobs_of(nodes, states)
         ids = {folder: job.id for folder, job in active.items()}
         to_submit = [f for f in nodes if not train.is_finished(f) and f not in active]
         for folder, job in active.items():
@@ -178,7 +179,7 @@ def submit(nodes, args, final_command, out=sys.stdout):
                 write_json(folder / JOB_FILE, {"job": job_id, "submitted": time.time()})
                 print(f"[slurm] {nodes[folder].label}: job {job_id}"
                       + (f", after {', '.join(dependencies)}" if dependencies else ""), file=out)
-        final = final_job(nodes, args, final_command, ids, bool(to_submit), out)
+        final = final_job(nodes, args, final_command, ids, states if not to_submit else None, out)
     except SlurmError as e:
         print(f"run_stages.sh: error: {e}", file=sys.stderr)
         return 1
@@ -188,13 +189,14 @@ def submit(nodes, args, final_command, out=sys.stdout):
     return 0
 
 
-def final_job(nodes, args, command, ids, submitted_stages, out):
-    """The job that runs the command without --slurm once every stage is finished; one per command."""
+def final_job(nodes, args, command, ids, states, out):
+    """The job that runs the command without --slurm once every stage is finished; one per
+    command: an earlier one still in the queue (states) is kept when no stage was submitted."""
     key = hashlib.sha256(shlex.join(command).encode()).hexdigest()[:12]
     record = Path(args.out).resolve() / "slurm" / f"final-{key}.json"
-    if record.exists() and not submitted_stages:
+    if record.exists() and states is not None:
         earlier = json.loads(record.read_text())["job"]
-        if queue().get(earlier, "COMPLETED") not in ENDED:
+        if states.get(earlier, "COMPLETED") not in ENDED:
             print(f"[slurm] the final job is already queued: job {earlier}", file=out)
             return earlier
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -205,17 +207,12 @@ def final_job(nodes, args, command, ids, submitted_stages, out):
     return job
 
 
-def last_snapshot(stage_dir):
-    snapshots = train.complete_snapshots(stage_dir)
-    return snapshots[-1][0] if snapshots else 0
-
-
 def job(stage_dir, gpu=None):
     """What a stage's job runs: the stage, in a process of its own so that a crash is
     recorded too. Stopped by a signal that Slurm did not send to end the job (the
     time-limit warning, scancel -b --signal), the job requeues itself, unless it
     made no progress (a time limit shorter than the warning would requeue forever)."""
-    started_from = last_snapshot(stage_dir)
+    started_from = train.last_snapshot(stage_dir)
     command = [engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(stage_dir)]
     stage = subprocess.Popen(command + (["--gpu", str(gpu)] if gpu is not None else []))
     for signum in (signal.SIGTERM, signal.SIGUSR1):  # the batch shell gets them; the stage acts on them
@@ -227,7 +224,7 @@ def job(stage_dir, gpu=None):
     state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
     if state.stdout.strip() != "RUNNING":  # COMPLETING: Slurm is requeueing or cancelling it already
         return code
-    if last_snapshot(stage_dir) <= started_from:
+    if train.last_snapshot(stage_dir) <= started_from:
         train.mark_failed(stage_dir, f"job {job_id} was told to stop before it trained an iteration: a time limit "
                                      f"(--time) well above the {WARNING_SECONDS} s warning lets it go on")
         return 1

@@ -101,6 +101,12 @@ def complete_snapshots(stage_dir):
     return sorted(found)
 
 
+def last_snapshot(stage_dir):
+    """The iteration of the last complete snapshot, 0 when there is none."""
+    snapshots = complete_snapshots(stage_dir)
+    return snapshots[-1][0] if snapshots else 0
+
+
 def take_snapshot(solver, stage_dir):
     solver.snapshot()
     it = solver.iter

@@ -85,16 +85,13 @@ def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_pa
     teacher = out / "digits" / "teacher-resnet14-w16.32.64-scale3"
     env = {"SLURM_CONF": str(cluster.conf)}
     job = job_of(teacher)
-    def last_snapshot():
-        snapshots = train.complete_snapshots(teacher)
-        return snapshots[-1][0] if snapshots else 0
-
     stopped_at = 0
     stops = [(["scancel", "-b", "--signal=USR1", job], "SIGUSR1"), (["scancel", "-b", "--signal=TERM", job], "SIGTERM"),
              (["scontrol", "requeue", job], "SIGTERM")]
     for starts, (stop, signal_name) in enumerate(stops, start=1):
-        wait_for(lambda: last_snapshot() > stopped_at and train.is_running(teacher), 300, "a snapshot of this start")
-        before = last_snapshot()
+        wait_for(lambda: train.last_snapshot(teacher) > stopped_at and train.is_running(teacher), 300,
+                 "a snapshot of this start")
+        before = train.last_snapshot(teacher)
         run(stop, env=env)
         wait_for(lambda: not train.is_running(teacher), 120, "the job to stop")
         assert not train.is_finished(teacher)
@@ -103,7 +100,7 @@ def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_pa
         console = (teacher / f"slurm-{job}.out").read_text()
         assert console.count("] stopped by SIG") == starts and f"stopped by {signal_name} at iteration" in console
         assert console.count("resuming from the snapshot") == starts - 1
-        stopped_at = last_snapshot()
+        stopped_at = train.last_snapshot(teacher)
         assert stopped_at > before  # a snapshot at the stop
     cluster.wait_until_idle(timeout=600)
     console = (teacher / f"slurm-{job}.out").read_text()
