@@ -28,7 +28,9 @@ class SoftTargetCrossEntropy(caffe.Layer):
         if len(bottom) != 2:
             raise ValueError("SoftTargetCrossEntropy takes student and teacher logits")
         params = json.loads(self.param_str or "{}")
-        self.tau = float(params.get("tau", 3.0))
+        if "tau" not in params:  # no silent default: a tau lost on the way must not look like the paper's
+            raise ValueError(f"SoftTargetCrossEntropy needs tau in its param_str, got '{self.param_str}'")
+        self.tau = float(params["tau"])
         self.factor = self.tau ** 2 if params.get("tau_squared", False) else 1.0
 
     def reshape(self, bottom, top):
