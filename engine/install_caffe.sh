@@ -10,6 +10,7 @@
 #   engine/install_caffe.sh --check         exit 0 when installed, 1 otherwise
 #   engine/install_caffe.sh --runtime       only the Debian packages a build needs to run
 #                                           (an image that copies the build in)
+#   engine/install_caffe.sh --fetch-source  download and check the pinned source; print its path
 #
 # Environment:
 #   HINTKD_CAFFE_VARIANT  cpu (fast), stock or cuda: the variant when no --cpu,
@@ -18,6 +19,11 @@
 #                         that machines with other CPUs load (shared cluster storage)
 #   HINTKD_CACHE          where builds go (default ~/.cache/hintkd)
 #   HINTKD_CAFFE_SDIST    a local brocolli-caffe-9.0.2.tar.gz (skips the download)
+#
+# An image build's context (engine/build_images.sh fills both, git keeps them empty):
+# the pinned source in engine/build-inputs/ is used before any download, and a finished
+# build in engine/prebuilt/ whose folder name is this recipe's prefix name is installed
+# as it is instead of compiling (the same recipe hash: the same build).
 #   HINTKD_JOBS           parallel make jobs (default: number of cores)
 #   HINTKD_CUDA_ARCH      CUDA: SM versions to compile for (default "70 75 80 86 90");
 #                         the last also gets PTX, for GPUs newer than the list
@@ -37,6 +43,8 @@
 set -euo pipefail
 
 ENGINE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BUILD_INPUTS="$ENGINE_DIR/build-inputs"
+PREBUILT="$ENGINE_DIR/prebuilt"
 CAFFE_SDIST_NAME=brocolli-caffe
 CAFFE_SDIST_VERSION=9.0.2
 CAFFE_SDIST_SHA256=c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a
@@ -90,7 +98,8 @@ for arg in "$@"; do
     --check) action=check ;;
     --stock) variant=stock ;;
     --progress-filter=*) build_progress "${arg#*=}"; exit ;;  # the build's progress on stdin, for tests
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    --fetch-source) action=fetch ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "install_caffe.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -181,6 +190,7 @@ case "$action" in
   print) echo "$prefix"; exit 0 ;;
   check) [ -f "$prefix/BUILD-INFO.json" ]; exit $? ;;
 esac
+prebuilt="$PREBUILT/$(basename "$prefix")"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
@@ -224,9 +234,12 @@ SOURCES
 }
 
 fetch_source() {
-  local sdist="$cache/src/$CAFFE_SDIST_NAME-$CAFFE_SDIST_VERSION.tar.gz"
+  local name="$CAFFE_SDIST_NAME-$CAFFE_SDIST_VERSION.tar.gz"
+  local sdist="$cache/src/$name"
   if [ -n "${HINTKD_CAFFE_SDIST:-}" ]; then
     sdist=$HINTKD_CAFFE_SDIST
+  elif [ -f "$BUILD_INPUTS/$name" ]; then
+    sdist="$BUILD_INPUTS/$name"
   elif [ ! -f "$sdist" ]; then
     say "downloading the $CAFFE_SDIST_NAME==$CAFFE_SDIST_VERSION source distribution"
     local dl; dl=$(mktemp -d "$cache/src/download.XXXXXX")
@@ -292,8 +305,7 @@ assemble() {
   # _caffe.so looks for libcaffe in $ORIGIN/../../build/lib, caffe.bin in $ORIGIN/../lib.
   ln -s ../lib "$stage/build/lib"
   cp "$tree/Makefile.config" "$stage/Makefile.config"
-  "$stage/bin/caffe" --version >&2
-  /usr/bin/python3 -c "import sys; sys.path.insert(0, '$stage/python'); import caffe; print('pycaffe', caffe.__version__)" >&2
+  smoke_test "$stage"
   cat > "$stage/BUILD-INFO.json" <<JSON
 {"source": "$CAFFE_SDIST_NAME==$CAFFE_SDIST_VERSION", "sha256": "$CAFFE_SDIST_SHA256",
  "variant": "$variant", "recipe": "$recipe_hash", "python": "/usr/bin/python3",
@@ -301,6 +313,11 @@ assemble() {
  "cuda_dir": "${cuda_dir:-}", "cuda_arch": "${cuda_arch:-}",
  "built": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
+}
+
+smoke_test() {
+  "$1/bin/caffe" --version >&2
+  /usr/bin/python3 -c "import sys; sys.path.insert(0, '$1/python'); import caffe; print('pycaffe', caffe.__version__)" >&2
 }
 
 # Packages of Debian's CUDA toolkit (non-free), only when that toolkit is the one in use.
@@ -318,16 +335,25 @@ install_runtime_packages() {
   [ "$variant" != cpu ] || install_debian_packages $FAST_RUNTIME_LIBRARIES
 }
 
+if [ "$action" = fetch ]; then
+  install_debian_packages python3-pip
+  mkdir -p "$cache/src"
+  fetch_source
+  exit 0
+fi
 if [ "$action" = runtime ] || [ -f "$prefix/BUILD-INFO.json" ]; then
   install_runtime_packages
   [ "$action" = runtime ] || echo "$prefix"
   exit 0
 fi
 install_runtime_packages
-# shellcheck disable=SC2086
-install_debian_packages $BUILD_PACKAGES
-[ "$variant" != cpu ] || install_debian_packages $FAST_BUILD_PACKAGES
-install_debian_cuda_packages $DEBIAN_CUDA_PACKAGES
+# A finished build of this recipe handed in (an image build): no compiler, no CUDA toolkit.
+if [ ! -f "$prebuilt/BUILD-INFO.json" ]; then
+  # shellcheck disable=SC2086
+  install_debian_packages $BUILD_PACKAGES
+  [ "$variant" != cpu ] || install_debian_packages $FAST_BUILD_PACKAGES
+  install_debian_cuda_packages $DEBIAN_CUDA_PACKAGES
+fi
 mkdir -p "$cache/src"
 exec 9>"$cache/install.lock"
 flock 9   # a second installer waits here, then finds the finished build
@@ -337,11 +363,18 @@ if [ -f "$prefix/BUILD-INFO.json" ]; then
 fi
 rm -rf "$prefix" "$prefix".tmp.* "$cache"/build.*   # leftovers of interrupted builds
 started=$(date +%s)
-sdist=$(fetch_source)
-work=$(mktemp -d "$cache/build.XXXXXX")
-trap 'rm -rf "$work" "$prefix.tmp.$$"' EXIT
-build "$sdist" "$work"
-assemble "$work" "$prefix.tmp.$$"
+if [ -f "$prebuilt/BUILD-INFO.json" ]; then
+  say "installing the build of this recipe found in $prebuilt (checked, not compiled again)"
+  trap 'rm -rf "$prefix.tmp.$$"' EXIT
+  cp -a "$prebuilt" "$prefix.tmp.$$"
+  smoke_test "$prefix.tmp.$$"
+else
+  sdist=$(fetch_source)
+  work=$(mktemp -d "$cache/build.XXXXXX")
+  trap 'rm -rf "$work" "$prefix.tmp.$$"' EXIT
+  build "$sdist" "$work"
+  assemble "$work" "$prefix.tmp.$$"
+fi
 mv "$prefix.tmp.$$" "$prefix"
 say "installed Caffe in $prefix ($(( $(date +%s) - started )) s)"
 echo "$prefix"
