@@ -40,17 +40,18 @@ if [ "${1:-}" = reproduce ]; then  # one table or figure: its runs through this 
   shift
   parsed=$(PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options reproduce "$@") || exit
   [ -n "$parsed" ] || exit 0  # --help
-  eval "$parsed"  # sets status
+  eval "$parsed"  # sets status and variant
+  export HINTKD_CAFFE_VARIANT=$variant
   [ -n "$status" ] || "$ROOT/engine/install_caffe.sh" >/dev/null
   exec "$PYTHON" "$ROOT/analysis/reproduce.py" "$@"
 fi
 parsed=$(PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options run "$@") || exit
 [ -n "$parsed" ] || exit 0  # --help
-# Sets dataset, out, source, gpu and status.
+# Sets dataset, out, source, status and variant (the CUDA build for a GPU, else a CPU build).
 eval "$parsed"
+export HINTKD_CAFFE_VARIANT=$variant
 if [ -z "$status" ]; then
-  # 1. Caffe, built once per machine into a shared prefix: the CUDA build for a GPU.
-  [ -n "$gpu" ] && export HINTKD_CAFFE_VARIANT=cuda
+  # 1. Caffe, built once per machine into a shared prefix.
   "$ROOT/engine/install_caffe.sh" >/dev/null
   # 2. Data, prepared once per output folder.
   "$PYTHON" "$ROOT/data_prep/prepare.py" "$dataset" --out "$out/data/$dataset" ${source:+--source "$source"} || exit

@@ -21,7 +21,7 @@ from hintkd import engine  # noqa: E402
 
 engine.use_system_python()
 
-from hintkd import estimate, graph, netgen, options, plan, report  # noqa: E402
+from hintkd import estimate, graph, netgen, options, plan, report, train  # noqa: E402
 
 
 def dry_run(study, source=None):
@@ -71,8 +71,8 @@ def main(argv=None):
         if args.dry_run:
             dry_run(study, args.source)
             return 0
-        if args.gpu is not None:
-            os.environ["HINTKD_CAFFE_VARIANT"] = "cuda"  # every stage process takes the CUDA build
+        # Every stage process takes the same build: the CUDA one for a GPU.
+        os.environ["HINTKD_CAFFE_VARIANT"] = engine.variant_for(args.gpu, os.environ.get("HINTKD_CAFFE_VARIANT", ""))
         if not args.report_only:
             if not (args.status or prepare(study, args.source)):
                 return 1
@@ -85,7 +85,10 @@ def main(argv=None):
             final_command = [str(ROOT / "run_stages.sh"), "reproduce", *options.without_execution(argv)]
             code = graph.execute(runs, nodes, args, final_command, finish_runs=unfinished)
             if code or args.status or args.slurm:
-                if code and not args.status:
+                if code == train.STOPPED:
+                    print("reproduce.py: stopped; run the same command again to resume from the last snapshots",
+                          file=sys.stderr)
+                elif code and not args.status:
                     print("reproduce.py: error: a stage did not finish (see above); the table is not built "
                           "(--report-only builds it from what is finished)", file=sys.stderr)
                 return code

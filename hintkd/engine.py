@@ -64,6 +64,26 @@ def import_caffe(quiet=True):
     return caffe
 
 
+def describe(gpu=None):
+    """One line on the engine a stage runs on: which build, where, on which device."""
+    info = build_info()
+    kind = {"cpu": "fast CPU build", "stock": "stock CPU build", "cuda": "CUDA build"}[info["variant"]]
+    if info["variant"] == "cpu":
+        kind += ", portable" if "march=native" not in info.get("optimization", "") else ", for this CPU"
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+    device = f"GPU {gpu}" if gpu is not None else f"the CPU, {threads} thread{'s' * (threads != 1)}"
+    return f"Caffe {kind} ({caffe_prefix()}) on {device}"
+
+
+def variant_for(gpu, requested):
+    """The build a run takes: the CUDA build for a GPU; without one, the CPU build asked for
+    (HINTKD_CAFFE_VARIANT), the fast one when that names the CUDA build, whose CPU mode
+    cannot start without an NVIDIA driver (its data thread asks CUDA for a device)."""
+    if gpu:
+        return "cuda"
+    return "cpu" if requested in ("", "cuda") else requested
+
+
 def caffe_pb2():
     return import_caffe().proto.caffe_pb2
 

@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hintkd import read_table
+from hintkd import engine, read_table
 
 REPO = Path(__file__).resolve().parent.parent
 PROG = "run_stages.sh"
@@ -302,6 +302,11 @@ def check_source(parser, args):
         parser.error(f"{args.dataset} needs --source PATH (an image folder: train/<class>/*, test/<class>/*)")
 
 
+def engine_variant(args):
+    """HINTKD_CAFFE_VARIANT for the run's stages (engine.variant_for)."""
+    return engine.variant_for(args.gpu, os.environ.get("HINTKD_CAFFE_VARIANT", ""))
+
+
 def shell_assignments(argv):
     """Checks run_stages.sh's arguments; returns the bash assignments its driver needs."""
     parser = run_parser()
@@ -309,7 +314,7 @@ def shell_assignments(argv):
     check_source(parser, args)
     values = {"dataset": args.dataset, "out": str(Path(args.out).resolve()),
               "source": str(Path(args.source).resolve()) if args.source else "",
-              "gpu": ",".join(map(str, args.gpu or [])), "status": "yes" if args.status else ""}
+              "status": "yes" if args.status else "", "variant": engine_variant(args)}
     return "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
 
 
@@ -327,7 +332,7 @@ def main(argv=None):
         print(shell_assignments(rest))
     elif command == "reproduce":
         args = reproduce_parser().parse_args(rest)
-        print(f"status={'yes' if args.status else ''}")
+        print(f"status={'yes' if args.status else ''}\nvariant={engine_variant(args)}")
     else:
         print("usage: python3 -m hintkd.options run|reproduce ARGS...", file=sys.stderr)
         return 2
