@@ -101,6 +101,7 @@ class Runner:
         self.running, self.failed, self.stopped, self.cancelled = {}, {}, set(), set()
         self.device_of = {}  # stage folder -> the GPU it was started on
         self.last_status = 0.0
+        self.interrupted = False  # stopped by SIGINT or SIGTERM
 
     def state(self, folder):
         if train.is_finished(folder):
@@ -204,6 +205,7 @@ class Runner:
                 self.status()
                 time.sleep(0.2)
         except KeyboardInterrupt:
+            self.interrupted = True
             self.say("interrupted: each running stage stops at its next iteration, after a snapshot")
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -281,17 +283,21 @@ def execute(runs, nodes, args, final_command, finish_runs=None):
     """What run_stages.sh METHOD and reproduce TARGET share, on the graph of `runs`
     (build(runs, write=not args.status)): --status, --slurm, or the unfinished stages
     trained here; then each run of `finish_runs` (default: every run) that is finished
-    gets its summary. Returns an exit code."""
+    gets its summary. Returns an exit code: train.STOPPED when a signal stopped the run
+    (run it again to resume), 1 when a stage failed."""
     if args.status:
         counts = print_status(nodes)
         return 1 if counts.get("failed") else 0
     if args.slurm:
         return slurm.submit(nodes, args, final_command)
-    done = Runner(nodes, args.jobs, args.gpu).run()
+    runner = Runner(nodes, args.jobs, args.gpu)
+    done = runner.run()
     for opts in runs if finish_runs is None else finish_runs:
         if is_done(nodes, opts):
             finish(opts, nodes)
-    return 0 if done else 1
+    if done:
+        return 0
+    return train.STOPPED if runner.interrupted and not runner.failed else 1
 
 
 def main(argv=None):
@@ -307,7 +313,10 @@ def main(argv=None):
     except plan.PlanError as e:
         print(f"run_stages.sh: error: {e}", file=sys.stderr)
         return 1
-    if code and not args.status and not args.slurm:
+    if code == train.STOPPED:
+        print("run_stages.sh: stopped; run the same command again to resume from the last snapshots",
+              file=sys.stderr)
+    elif code and not args.status and not args.slurm:
         print("run_stages.sh: a stage did not finish (see above); run the same command again to resume",
               file=sys.stderr)
     return code

@@ -212,6 +212,8 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     caffe = engine.import_caffe(quiet=False)
     if gpu is not None:
         engine.check_gpu(gpu)
+    engine_line = engine.describe(gpu)
+    print(f"[{label}] engine: {engine_line}", file=out, flush=True)
     solver_param = netgen.validate((stage_dir / "solver.prototxt").read_text(), "SolverParameter")
 
     os.chdir(stage_dir)  # the solver's net and snapshot paths are relative to the stage
@@ -272,8 +274,8 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     tmp = stage_dir / f".{FINAL_WEIGHTS}.tmp"
     solver.net.save(str(tmp))
     os.replace(tmp, stage_dir / FINAL_WEIGHTS)
-    summary = summarize(stage_dir, stage, max_iter, time.time() - started, solver.iter - start_iter,
-                        final_losses, loss_weights(solver.net))
+    summary = summarize(stage_dir, stage, max_iter, started, solver.iter - start_iter,
+                        final_losses, loss_weights(solver.net), engine_line)
     if stage.get("tests", True) and (summary["final_test"] or {}).get("iteration") != max_iter:
         raise TrainingError(f"stage '{label}': {log_path} holds no test result for iteration {max_iter}")
     write_json(stage_dir / SUMMARY, summary)
@@ -281,7 +283,9 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     return summary
 
 
-def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run, final_losses, weights):
+def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_losses, weights, engine_line):
+    finished = time.time()
+    seconds = finished - started
     parsed = caffelog.parse_file(stage_dir / "caffe.log")
     tests = parsed.test_records()
     final, best = caffelog.final_and_best(tests)
@@ -297,6 +301,10 @@ def summarize(stage_dir, stage, max_iter, seconds, iterations_this_run, final_lo
         "final_losses": final_losses,
         "loss_weights": weights,
         "test_points": len(tests),
+        "engine": engine_line,
+        # This run's wall-clock start and end (the last run of a resumed stage), Unix seconds.
+        "started": round(started, 3),
+        "finished": round(finished, 3),
         "seconds_this_run": round(seconds, 1),
         "seconds_per_iter": round(seconds / max(iterations_this_run, 1), 4),
         "log": str(stage_dir / "caffe.log"),

@@ -15,12 +15,21 @@ def test_two_stages_at_a_time_finish_the_table_training_each_stage_once(tmp_path
     nodes = graph.build([study.run_options(m) for m in study.methods()])
     assert len(nodes) == 19  # teacher and student once, though four methods need the teacher
     assert all(train.is_finished(folder) for folder in nodes)
+    summaries = {folder: json.loads((folder / train.SUMMARY).read_text()) for folder in nodes}
     for folder, node in nodes.items():
         assert result.stdout.count(f"[graph] started {node.label} ({folder})") == 1
         log = (folder / "caffe.log").read_text()
         assert log.count("Initializing solver from parameters") == 1, folder  # trained once, never twice
-        for need in node.needs:  # a stage started only from finished inputs
-            assert json.loads((folder / "stage.json").read_text())["init"] and train.is_finished(need)
+        for need in node.needs:  # a stage started only after the stages it starts from had finished
+            assert summaries[need]["finished"] <= summaries[folder]["started"], (need.name, folder.name)
+        # each of the two at once with the cores shared out: cores / 2 OpenMP threads
+        threads = int(graph.threads_per_stage(2))
+        assert summaries[folder]["engine"].endswith(f"on the CPU, {threads} thread{'s' * (threads != 1)}")
+    # Two at once, really: stages whose training overlapped in time, most of the way through.
+    spans = sorted((s["started"], s["finished"]) for s in summaries.values())
+    overlap = sum(max(0.0, min(a[1], b[1]) - max(a[0], b[0])) for a, b in zip(spans, spans[1:]))
+    busy = sum(end - start for start, end in spans)
+    assert overlap > 0.25 * busy, (overlap, busy)
     assert "[graph] 19 done, 0 running, 0 waiting, 0 failed, 0 cancelled" in result.stdout
     assert (out / "reports" / f"table3-digits-resnet14to8-scale{SCALE}" / "table.md").exists()
     assert (out / "digits" / f"proposed-resnet14to8-scale{SCALE}" / "run.json").exists()

@@ -158,3 +158,31 @@ def test_help_is_printed_whole_and_nothing_runs(tmp_path, args):
     result = run([RUN_STAGES, *args, "--out", str(tmp_path / "runs")], check=False)
     assert result.returncode == 0 and "--jobs" in result.stdout + result.stderr
     assert "command not found" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("signum,to_group,jobs", [(signal.SIGINT, True, 1), (signal.SIGINT, True, 2),
+                                                  (signal.SIGTERM, False, 1), (signal.SIGTERM, False, 2)])
+def test_a_stopped_driver_exits_75_and_resumes(digits_data, tmp_path, signum, to_group, jobs):
+    """Ctrl-C (SIGINT to the whole process group) or `kill` (SIGTERM to the driver alone),
+    one stage at a time or under --jobs: the stage stops after a snapshot and the driver
+    exits 75 (EX_TEMPFAIL: run again), never 0; the same command then resumes and finishes."""
+    (tmp_path / "data").mkdir()
+    os.symlink(digits_data, tmp_path / "data" / "digits")
+    args = [RUN_STAGES, "digits", "14", "8", "student", "--scale", "0.5", "--jobs", str(jobs), "--out", str(tmp_path)]
+    stage = tmp_path / "digits" / "student-resnet8-w16.32.64-scale0.5"  # 600 iterations, a snapshot every 50
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    deadline = time.time() + 120
+    while not (stage.exists() and train.complete_snapshots(stage)) and time.time() < deadline:
+        time.sleep(0.02)
+    (os.killpg if to_group else os.kill)(driver.pid, signum)
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == train.STOPPED, stdout + stderr
+    assert "stopped; run the same command again to resume" in stderr
+    assert not train.is_finished(stage) and train.complete_snapshots(stage)
+    console = stdout + ((stage / "progress.log").read_text() if jobs > 1 else "")
+    assert "after a snapshot" in console
+    resumed = run(args)
+    last = (stage / "progress.log").read_text() if jobs > 1 else resumed.stdout
+    assert "resuming from the snapshot at iteration" in last
+    assert json.loads((stage / "summary.json").read_text())["final_test"]["iteration"] == 600
