@@ -13,6 +13,11 @@ of its own per build: the build is the one hintkd.engine finds
                                            iter_size 2: parameter gradients must add
                                            up); OUT (.npz) holds every blob's data and
                                            diff and every parameter's data and diff
+    net_pass.py train NET WEIGHTS INPUTS OUT STEPS
+                                           load WEIGHTS, then STEPS iterations of Caffe's SGD
+                                           solver (momentum 0.9, weight decay 1e-4, lr 0.1) on
+                                           the batch of INPUTS; OUT holds every parameter
+                                           after them and the solver's momentum history
 """
 import sys
 from pathlib import Path
@@ -59,11 +64,35 @@ def one_pass(caffe, net_path, weights, inputs, out):
     np.savez(out, **arrays)
 
 
+SOLVER = """net: "{net}"
+base_lr: 0.1  lr_policy: "fixed"  momentum: 0.9  weight_decay: 0.0001
+max_iter: 1000  display: 0  snapshot: 0  snapshot_after_train: false  random_seed: 1
+"""
+
+
+def train(caffe, net_path, weights, inputs, out, steps):
+    """SGD steps as a solver takes them: diffs cleared, forward/backward, weight decay and
+    momentum folded into the update (Caffe's threaded axpby in the fast build)."""
+    solver_path = Path(out).with_suffix(".solver.prototxt")
+    solver_path.write_text(SOLVER.format(net=Path(net_path).resolve()))
+    solver = caffe.SGDSolver(str(solver_path))
+    solver.net.copy_from(str(weights))
+    batch = np.load(inputs)
+    for _ in range(int(steps)):
+        for name, array in batch.items():
+            solver.net.blobs[name].data[...] = array
+        solver.step(1)
+    arrays = {f"param:{name}:{i}": blob.data for name, blobs in solver.net.params.items()
+              for i, blob in enumerate(blobs)}
+    arrays.update({f"history:{i}": h.data for i, h in enumerate(solver.history)} if hasattr(solver, "history") else {})
+    np.savez(out, **arrays)
+
+
 def main(argv):
     caffe = engine.import_caffe()
     caffe.set_mode_cpu()
     command, *args = argv
-    {"init": init, "pass": one_pass}[command](caffe, *args)
+    {"init": init, "pass": one_pass, "train": train}[command](caffe, *args)
 
 
 if __name__ == "__main__":
