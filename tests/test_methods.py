@@ -12,10 +12,19 @@ import pytest
 from scipy.special import log_softmax, softmax
 
 from conftest import REPO, SCALE, out_with_data, run
-from hintkd import engine, handoff, netgen, plan, train
+from hintkd import caffelog, engine, handoff, netgen, plan, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
+# Every method learns, at the tests' scale (digits, 60 iterations a stage). Measured on 2
+# cores: the 21 Stage 2 nets of the seven methods ended at 50.7-95.0% (chance: 10%), so a
+# net that learns nothing (about 10%) fails LEARNED and a working one has 20 points of room;
+# every Stage 1 hint loss ended at 0.38-0.79 of its value at iteration 0, so a hint that does
+# not pull the student (about 1.0) fails HINT_FALL. No ordering of methods is asserted: at
+# this scale the 60-iteration teacher (92%) is below the student alone (97.3%) and KD's nets
+# (68-87%) below both; the 1/16 CIFAR-10 study in the README shows the paper's orderings.
+LEARNED = 0.30
+HINT_FALL = 0.9
 
 
 def stage_folders(out, method):
@@ -35,7 +44,7 @@ def test_every_method_runs_end_to_end(methods_out, method):
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["net"] == k and summary["seed"] == k
         assert summary["final_test"]["iteration"] == summary["iterations"] == 60
-        assert 0 <= summary["final_test"]["accuracy"] <= 1
+        assert summary["final_test"]["accuracy"] > LEARNED, (folder, summary["final_test"])
         assert f"{folder}/summary.json" in result.stdout
     run_summary = json.loads((folders[0].parent / "run.json").read_text())
     assert f"run summary: {folders[0].parent / 'run.json'}" in result.stdout
@@ -68,6 +77,16 @@ def test_every_method_runs_end_to_end(methods_out, method):
     assert [s["folder"] for s in run_summary["stages"][-3:]] == [str(f) for f in nets]
     expected_steps = {"proposed": 3, "sl-resnet": 3, "sl-resnet-kd": 3, "kd": 0}.get(method, 1)
     assert len([f for f in folders if f.name.startswith("stage1")]) == expected_steps
+    hint_stages = 0
+    for folder in (f for f in folders if f.name.startswith("stage1")):
+        first = caffelog.parse_file(folder / "caffe.log").train_records()[0]
+        final = json.loads((folder / "summary.json").read_text())["final_losses"]
+        hints = [name for name in final if name.startswith("hint")]
+        hint_stages += bool(hints)
+        assert first["iteration"] == 0
+        for name in hints:  # each hint loss falls within its stage
+            assert final[name] < HINT_FALL * first[name], (folder.name, name, first[name], final[name])
+    assert hint_stages == {"proposed": 3, "hint-kd": 1, "hint-kd+": 1, "concurrent": 1}.get(method, 0)
     if method == "hint-kd":
         stage1 = json.loads((folders[0] / "summary.json").read_text())
         assert stage1["hints"] == [["middle", "middle"]] and "hint1" in stage1["final_losses"]
@@ -222,22 +241,22 @@ def test_kd_gradient_matches_finite_differences_and_tau_squared_scales(caffe, tm
     assert float(squared.forward()["kd"]) == pytest.approx(4 * float(net.forward()["kd"]), rel=1e-6)
 
 
-def test_euclidean_hint_loss_matches_eq1(caffe, tmp_path):
-    rng = np.random.RandomState(2)
-    guided, hint = rng.randn(8, 16, 4, 4) * 1e3, rng.randn(8, 16, 4, 4) * 1e3
-    text = """
-layer { name: "in" type: "Input" top: "g" top: "h" input_param { shape { dim: 8 dim: 16 dim: 4 dim: 4 } shape { dim: 8 dim: 16 dim: 4 dim: 4 } } }
-layer { name: "hint" type: "EuclideanLoss" bottom: "g" bottom: "h" top: "hint" loss_weight: 1 propagate_down: true propagate_down: false }
-force_backward: true
-"""
-    (tmp_path / "hint.prototxt").write_text(text)
-    net = caffe.Net(str(tmp_path / "hint.prototxt"), caffe.TRAIN)
-    net.blobs["g"].data[...], net.blobs["h"].data[...] = guided, hint
-    loss = float(net.forward()["hint"])
-    net.backward()
-    assert loss == pytest.approx(((guided - hint) ** 2).sum() / (2 * 8), rel=1e-5)
-    np.testing.assert_allclose(net.blobs["g"].diff, (guided - hint) / 8, rtol=1e-4)
-    assert np.isfinite(loss)
+def test_the_generated_hint_head_is_eq1(methods_out, tmp_path):
+    """The proposed method's step-2 head as generated, after one SGD step: its value is
+    1/(2N) sum ||F_G - F_H||^2 over the batch (eq. 1, Caffe's EuclideanLoss) of the student's
+    guided blob and the frozen teacher's hint blob, and the guided blob's gradient is
+    (F_G - F_H)/N through its ReLU (the head's loss weight is 1)."""
+    run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
+    folder = [f for f in stage_folders(methods_out, "proposed") if f.name == "stage1-step2"][0]
+    arrays = probe(folder, tmp_path, steps=1)
+    guided, hint = arrays["data:student/stage2/block1"], arrays["data:teacher/stage2/block2"]
+    n = len(guided)
+    expected = ((guided.astype(np.float64) - hint) ** 2).sum() / (2 * n)
+    assert float(arrays["data:hint2"]) == pytest.approx(expected, rel=1e-4) and expected > 1
+    gradient = (guided.astype(np.float64) - hint) / n * (guided > 0)
+    np.testing.assert_allclose(arrays["diff:student/stage2/block1"], gradient, rtol=1e-3,
+                               atol=1e-6 * np.abs(gradient).max())
+    assert not arrays["diff:teacher/stage2/block2"].any()  # the hint is a fixed target
 
 
 def test_killed_driver_resumes_and_skips_finished_stages(tmp_path, digits_data):
@@ -246,7 +265,7 @@ def test_killed_driver_resumes_and_skips_finished_stages(tmp_path, digits_data):
     args = [RUN_STAGES, "digits", "14", "8", "proposed", "--scale", "2", "--nets", "1", "--out", str(out)]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     step2 = out / "digits" / "proposed-resnet14to8-scale2" / "stage1-step2"
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # about 20 s on idle cores; a busy machine took over 300
     try:
         while time.time() < deadline:
             if step2.exists() and train.complete_snapshots(step2):

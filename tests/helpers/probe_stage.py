@@ -26,4 +26,5 @@ arrays = {f"param:{name}:{i}": blob.data for name, blobs in solver.net.params.it
 if steps:
     solver.step(steps)
     arrays.update({f"diff:{name}": blob.diff for name, blob in solver.net.blobs.items()})
+    arrays.update({f"data:{name}": blob.data for name, blob in solver.net.blobs.items()})
 np.savez(out, **arrays)
