@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import REPO, SCALE, SHARED, run
+from conftest import REPO, SCALE, SHARED, out_with_data, run
 from hintkd import caffelog
 
 LOGS = SHARED / "data" / "caffe-logs"
@@ -195,6 +195,26 @@ def test_figures_from_runs_made_here(methods_out, figure):
         assert (folder / name).stat().st_size > 1000 or name.startswith("table"), name
     assert (folder / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "missing" not in result.stdout.split("###", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def quick_out(tmp_path_factory, digits_data):
+    """One output folder for the targets run at --quick: their teachers train once."""
+    return out_with_data(tmp_path_factory.mktemp("targets"), digits_data)
+
+
+@pytest.mark.parametrize("target", ["table2", "table5", "table6", "figure5", "figure10"])
+def test_every_other_target_runs_on_digits(quick_out, target):
+    """The targets no other test runs, end to end at --quick: CIFAR-100's nets and the
+    regressor's wider teachers (tables 5, 6), the figures of the layer-wise comparison."""
+    result = reproduce(target, "--dataset", "digits", "--depths", "14,8", "--quick", "--out", quick_out)
+    folder = quick_out / "reports" / f"{target}-digits-resnet14to8-scale0.01"
+    names = {p.name for p in folder.iterdir()}
+    assert {"table.md", "table.csv", "figure.png", "figure.pdf"} <= names
+    table = (folder / "table.md").read_text()
+    assert table in result.stdout and "missing" not in table and "unfinished" not in table
+    rows = list(csv.DictReader(open(folder / "table.csv")))
+    assert rows and all(row for row in rows)
 
 
 def test_unknown_target_and_bad_options(methods_out):
