@@ -92,6 +92,13 @@ def main(argv=None):
                     print("reproduce.py: error: a stage did not finish (see above); the table is not built "
                           "(--report-only builds it from what is finished)", file=sys.stderr)
                 return code
+        if args.report_only:
+            runs = [study.run_options(method) for method in study.methods()]
+            if not any(train.is_finished(f) for f in graph.build(runs, write=False)):
+                print(f"reproduce.py: error: --report-only: nothing of {study.name} is finished in {study.out} "
+                      f"(runs missing: {', '.join(opts.method for opts in runs)}); without --report-only "
+                      "they are trained first", file=sys.stderr)
+                return 1
         folder, text = report.build(study)
     except (report.ReportError, plan.PlanError, netgen.GenerateError) as e:
         print(f"reproduce.py: error: {e}", file=sys.stderr)

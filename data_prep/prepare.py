@@ -52,8 +52,10 @@ def main(argv=None):
     parser.add_argument("--no-md5", action="store_true", help="accept a modified copy of an official file")
     args = parser.parse_args(argv)
     out = Path(args.out or Path("runs") / "data" / args.dataset)
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(out.parent / f".{out.name}.lock", "a")  # two drivers on one output folder: one prepares
+    lock_path = out.parent / f".{out.name}.lock"
+    lock = open(lock_path, "a")  # two drivers on one output folder: one prepares
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         if args.source and not Path(args.source).exists():
@@ -72,6 +74,11 @@ def main(argv=None):
                                            progress=show_progress)
     except (datasets.DataError, engine.EngineError) as e:
         print(f"data_prep: error: {e}", file=sys.stderr)
+        if not lmdb_data.is_prepared(out):  # bad input leaves nothing behind: the lock, the folders made
+            lock_path.unlink(missing_ok=True)
+            for folder in made:
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
         return 1
     print(f"data_prep: wrote {out}: {manifest['train_count']} train and {manifest['test_count']} test "
           f"images, {manifest['num_classes']} classes, {manifest['image_size']}x{manifest['image_size']}"

@@ -263,9 +263,14 @@ def print_status(nodes, out=sys.stdout):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + f"  {row[4]}".rstrip(), file=out)
     total = sum(n.total for n in nodes.values())
     print(f"{len(nodes)} stages: " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts.get(s)), file=out)
-    print(f"iterations: {total_done}/{total}; time left: about {estimate.hms(seconds_left)}"
-          + (f", plus {unknown} not yet measured" if unknown else "")
-          + " (one stage at a time, at the speeds measured so far)", file=out)
+    unfinished = sum(1 for state in states.values() if state != "done")
+    if unknown and unknown == unfinished:  # no speed measured: no estimate, rather than a zero
+        left = (f"time left: not measured yet for any of the {unknown} unfinished stages "
+                "(--dry-run estimates it from a short timing of each net)")
+    else:
+        left = (f"time left: about {estimate.hms(seconds_left)}" + (f", plus {unknown} not yet measured" if unknown else "")
+                + " (one stage at a time, at the speeds measured so far)")
+    print(f"iterations: {total_done}/{total}; {left}", file=out)
     return counts
 
 

@@ -24,6 +24,7 @@ def prepare(dataset, source, out, *extra, check=True):
 def assert_nothing_written(out):
     assert not out.exists(), f"{out} was left behind"
     assert not list(out.parent.glob(out.name + ".tmp.*")), "a temporary folder was left behind"
+    assert not (out.parent / f".{out.name}.lock").exists(), "the preparation lock was left behind"
 
 
 def test_cifar10_archive_becomes_padded_shuffled_lmdb(tmp_path):
@@ -149,13 +150,14 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, case):
         source, expected = tmp_path / "half", "has no 'test' split"
     elif case == "not-found":
         source, expected = tmp_path / "nowhere.tar.gz", "nowhere.tar.gz does not exist"
-    out = tmp_path / "out"
+    out = tmp_path / "fresh" / "data" / dataset  # as run_stages.sh --out fresh lays it out
     extra = () if case == "md5" else ("--no-md5",)
     result = prepare(dataset, source, out, *extra, check=False)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("data_prep: error:") and expected in lines[0], result.stderr
     assert_nothing_written(out)
+    assert not (tmp_path / "fresh").exists()  # nor the folders made for it
 
 
 def test_interrupted_write_leaves_no_prepared_folder(tmp_path, monkeypatch):

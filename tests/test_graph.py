@@ -59,3 +59,18 @@ def test_a_failed_stage_cancels_what_needs_it_and_says_so(tmp_path, digits_data)
     kd_row = next(line for line in status.stdout.splitlines() if line.startswith("kd stage2 net 1"))
     assert "blocked" in kd_row and kd_row.endswith("needs teacher ResNet-14, which failed")
     assert "19 stages: 1 done, 1 failed, 17 blocked" in status.stdout  # the student needs no teacher
+
+
+def test_status_before_anything_ran_says_it_has_no_estimate(tmp_path, digits_data):
+    out = out_with_data(tmp_path, digits_data)
+    status = run([RUN_STAGES, *TABLE3, "--status", "--out", str(out)])
+    last = status.stdout.strip().splitlines()[-1]
+    assert "not measured yet for any of the 19 unfinished stages" in last and "--dry-run" in last
+    assert "0:00:00" not in status.stdout
+
+
+def test_report_only_with_nothing_finished_fails_naming_the_runs(tmp_path):
+    result = run([RUN_STAGES, *TABLE3, "--report-only", "--out", str(tmp_path / "empty")], check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert "nothing of table3 is finished" in result.stderr and "runs missing: kd, hint-kd" in result.stderr
+    assert not (tmp_path / "empty").exists()
