@@ -72,7 +72,7 @@ def main(argv=None):
             dry_run(study, args.source)
             return 0
         # Every stage process takes the same build: the CUDA one for a GPU.
-        os.environ["HINTKD_CAFFE_VARIANT"] = engine.variant_for(args.gpu, os.environ.get("HINTKD_CAFFE_VARIANT", ""))
+        os.environ["HINTKD_CAFFE_VARIANT"] = options.engine_variant(args)
         if not args.report_only:
             if not (args.status or prepare(study, args.source)):
                 return 1

@@ -19,17 +19,17 @@
 #                         that machines with other CPUs load (shared cluster storage)
 #   HINTKD_CACHE          where builds go (default ~/.cache/hintkd)
 #   HINTKD_CAFFE_SDIST    a local brocolli-caffe-9.0.2.tar.gz (skips the download)
-#
-# An image build's context (engine/build_images.sh fills both, git keeps them empty):
-# the pinned source in engine/build-inputs/ is used before any download, and a finished
-# build in engine/prebuilt/ whose folder name is this recipe's prefix name is installed
-# as it is instead of compiling (the same recipe hash: the same build).
 #   HINTKD_JOBS           parallel make jobs (default: number of cores)
 #   HINTKD_CUDA_ARCH      CUDA: SM versions to compile for (default "70 75 80 86 90");
 #                         the last also gets PTX, for GPUs newer than the list
 #   CUDA_HOME             CUDA: a complete toolkit (nvcc, cuBLAS, cuRAND) to use; else
 #                         the one on PATH if complete; else Debian's non-free
 #                         nvidia-cuda-toolkit 11.8, installed by this script
+#
+# An image build's context (engine/build_images.sh fills both, git keeps them empty):
+# the pinned source in engine/build-inputs/ is used before any download, and a finished
+# build in engine/prebuilt/ whose folder name is this recipe's prefix name is installed
+# as it is instead of compiling (the same recipe hash: the same build).
 #
 # The fast CPU build adds patches/fast/ (oneDNN convolutions and GEMMs, OpenMP
 # threaded layers) and Makefile.fast.config, at -O3 for this machine's CPU.
@@ -99,7 +99,7 @@ for arg in "$@"; do
     --stock) variant=stock ;;
     --progress-filter=*) build_progress "${arg#*=}"; exit ;;  # the build's progress on stdin, for tests
     --fetch-source) action=fetch ;;
-    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     *) echo "install_caffe.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -90,3 +90,32 @@ def test_the_readme_test_command_says_why_a_test_is_skipped():
     result = run(["bash", "-x", str(REPO / "tests" / "run.sh"), "--collect-only", "-q", "tests/test_install.py"],
                  check=False)
     assert re.search(r"python3 -m pytest -p no:cacheprovider -rs ", result.stderr), result.stderr[-500:]
+
+
+def test_fetch_source_prints_the_checked_pinned_source():
+    path = Path(run(["bash", INSTALL, "--fetch-source"]).stdout.strip().splitlines()[-1])
+    assert path.name == "brocolli-caffe-9.0.2.tar.gz"
+    digest = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True).stdout.split()[0]
+    assert digest == "c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a"
+
+
+def test_a_handed_in_build_of_the_recipe_is_installed_after_its_smoke_test(tmp_path):
+    """engine/prebuilt/<this recipe's prefix name> (what an image build is handed) is copied
+    in and checked instead of compiled; one that fails its smoke test leaves nothing."""
+    cache = {"HINTKD_CACHE": str(tmp_path / "cache")}
+    name = Path(run(["bash", INSTALL, "--print-prefix"], env=cache).stdout.strip()).name
+    handed = REPO / "engine" / "prebuilt" / name
+    assert name == engine.caffe_prefix().name  # the same recipe, another cache
+    try:
+        shutil.copytree(engine.caffe_prefix(), handed, symlinks=True)
+        (handed / "bin" / "caffe").unlink()  # broken: its smoke test fails
+        broken = run(["bash", INSTALL], env=cache, check=False)
+        assert broken.returncode != 0 and "building" not in broken.stderr
+        assert not (tmp_path / "cache" / name).exists() and not list((tmp_path / "cache").glob(f"{name}.tmp.*"))
+        shutil.copy2(engine.caffe_prefix() / "bin" / "caffe", handed / "bin" / "caffe")
+        result = run(["bash", INSTALL], env=cache)
+        assert "installing the build of this recipe found in" in result.stderr and "building" not in result.stderr
+        assert result.stdout.strip() == str(tmp_path / "cache" / name)
+        assert (tmp_path / "cache" / name / "BUILD-INFO.json").exists()
+    finally:
+        shutil.rmtree(handed, ignore_errors=True)
