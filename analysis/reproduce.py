@@ -83,7 +83,8 @@ def main(argv=None):
                 if opts not in unfinished and not args.status:
                     print(f"[reproduce {study.name}] {opts.method}: finished earlier")
             final_command = [str(ROOT / "run_stages.sh"), "reproduce", *options.without_execution(argv)]
-            code = graph.execute(runs, nodes, args, final_command, finish_runs=unfinished)
+            # Each run's own comparison goes to its file; the table asked for is printed last.
+            code = graph.execute(runs, nodes, args, final_command, finish_runs=unfinished, show_comparisons=False)
             if code or args.status or args.slurm:
                 if code == train.STOPPED:
                     print("reproduce.py: stopped; run the same command again to resume from the last snapshots",

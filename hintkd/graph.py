@@ -274,21 +274,22 @@ def print_status(nodes, out=sys.stdout):
     return counts
 
 
-def finish(opts, nodes):
+def finish(opts, nodes, show_comparison=True):
     """A finished run's summary, training figure and comparison with the paper."""
     summary.main([str(f) for f in stages_of(nodes, opts)])
-    report.write_comparison(opts)
+    report.write_comparison(opts, show_comparison)
 
 
 def is_done(nodes, opts):
     return all(train.is_finished(f) for f in stages_of(nodes, opts))
 
 
-def execute(runs, nodes, args, final_command, finish_runs=None):
+def execute(runs, nodes, args, final_command, finish_runs=None, show_comparisons=True):
     """What run_stages.sh METHOD and reproduce TARGET share, on the graph of `runs`
     (build(runs, write=not args.status)): --status, --slurm, or the unfinished stages
     trained here; then each run of `finish_runs` (default: every run) that is finished
-    gets its summary. Returns an exit code: train.STOPPED when a signal stopped the run
+    gets its summary (its comparison with the paper printed when show_comparisons, else
+    only written). Returns an exit code: train.STOPPED when a signal stopped the run
     (run it again to resume), 1 when a stage failed."""
     if args.status:
         counts = print_status(nodes)
@@ -299,7 +300,7 @@ def execute(runs, nodes, args, final_command, finish_runs=None):
     done = runner.run()
     for opts in runs if finish_runs is None else finish_runs:
         if is_done(nodes, opts):
-            finish(opts, nodes)
+            finish(opts, nodes, show_comparisons)
     if done:
         return 0
     return train.STOPPED if runner.interrupted and not runner.failed else 1

@@ -516,11 +516,13 @@ def _run_in_table(study, method):
     return markdown(study, rows, reference, heading) + f"\nThe whole table: {command}\n"
 
 
-def write_comparison(opts):
-    """Prints the run beside the paper and writes it to comparison.md beside the run's summary."""
+def write_comparison(opts, show=True):
+    """Writes the run beside the paper to comparison.md beside the run's summary, and prints
+    it (show) or only where it is (a study, whose own table comes last)."""
     text = beside_paper(opts)
     if text:
-        print("\n" + text, end="")
+        if show:
+            print("\n" + text, end="")
         # Beside run.json (a teacher-student run) or the summary of a net trained alone.
         stages = plan.plan(opts, write=False)
         path = (stages[-1].parent if len(stages) > 1 else stages[0]) / "comparison.md"

@@ -31,7 +31,10 @@ def test_two_stages_at_a_time_finish_the_table_training_each_stage_once(tmp_path
     busy = sum(end - start for start, end in spans)
     assert overlap > 0.25 * busy, (overlap, busy)
     assert "[graph] 19 done, 0 running, 0 waiting, 0 failed, 0 cancelled" in result.stdout
-    assert (out / "reports" / f"table3-digits-resnet14to8-scale{SCALE}" / "table.md").exists()
+    table = (out / "reports" / f"table3-digits-resnet14to8-scale{SCALE}" / "table.md").read_text()
+    # Each run's comparison goes to its file (6 paths printed); the console's tables are the target's.
+    assert result.stdout.count("comparison with the paper: ") == 6
+    assert result.stdout.count("### ") == table.count("### ") and table in result.stdout
     assert (out / "digits" / f"proposed-resnet14to8-scale{SCALE}" / "run.json").exists()
     again = run([RUN_STAGES, *TABLE3, "--jobs", "2", "--out", str(out)])
     assert again.stdout.count(": finished earlier\n") == 6  # each method
