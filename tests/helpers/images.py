@@ -68,8 +68,9 @@ def run(image, args=None, volumes=(), user=None, entrypoint=None, timeout=1800):
             command += ["-v", m]
         result = subprocess.run(command + [container, "--", *program], capture_output=True, text=True,
                                 timeout=timeout)
-        # buildah's own last word on a failed command, not the container's output
-        result.stderr = re.sub(r"(^|\n)Error: exit status \d+\n?$", r"\1", result.stderr)
+        # buildah's own last words on a failed command, not the container's output
+        result.stderr = re.sub(r"((^|\n)(Error: exit status|subprocess exited with status) \d+)+\n?$", r"\2",
+                               result.stderr)
         return result
     finally:
         subprocess.run(["buildah", "rm", container], capture_output=True)
