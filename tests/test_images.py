@@ -65,12 +65,13 @@ def test_every_build_in_the_image_finds_its_libraries(image):
     script = ("set -e; for f in /opt/hintkd/cache/caffe-*/lib/libcaffe.so.* /opt/hintkd/cache/caffe-*/bin/caffe "
               "/opt/hintkd/cache/caffe-*/python/caffe/_caffe.so; do echo \"== $f\"; ldd \"$f\"; done")
     listing = images.run(image, ["-c", script], entrypoint=["/bin/bash"])
-    assert listing.returncode == 0, listing.stderr
+    shown = f"exit {listing.returncode}\nstdout:\n{listing.stdout}\nstderr:\n{listing.stderr}"
+    assert listing.returncode == 0, shown
     checked = re.findall(r"^== (\S+)", listing.stdout, re.M)
     builds = {re.search(r"caffe-9\.0\.2-(\w+)-", f).group(1) for f in checked}
-    assert builds == ({"cpu", "cuda"} if image.endswith("gpu") else {"cpu"})
-    assert len(checked) == 3 * len(builds)
-    assert "not found" not in listing.stdout, listing.stdout
+    assert builds == ({"cpu", "cuda"} if image.endswith("gpu") else {"cpu"}), shown
+    assert len(checked) == 3 * len(builds), shown
+    assert "not found" not in listing.stdout, shown
 
 
 def test_the_main_job_writes_its_results_to_the_host(image, tmp_path):
