@@ -35,9 +35,9 @@ DEBIAN_MIRROR=http://deb.debian.org/debian
 say() { echo "[images] $*" >&2; }
 # What this script made and must not leave behind, removed however it ends: the base's
 # root folder, and whatever it handed in to the build context.
-cleanup=()
+base_root=""
 empty_handed_in() { find "$INPUTS" "$PREBUILT" -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +; }
-trap 'for path in "${cleanup[@]}"; do as_root rm -rf "$path"; done; empty_handed_in' EXIT
+trap '[ -z "$base_root" ] || as_root rm -rf "$base_root"; empty_handed_in' EXIT
 fail() { say "error: $*"; exit 1; }
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit "${1:-0}"; }
 
@@ -95,7 +95,7 @@ ensure_base() {
   say "no image registry answered: making $BASE from Debian's packages (debootstrap $SUITE)"
   command -v debootstrap >/dev/null || apt_install debootstrap
   local root started; root=$(mktemp -d /tmp/hintkd-base.XXXXXX) started=$(date +%s)
-  cleanup+=("$root")
+  base_root=$root
   as_root debootstrap --variant=minbase "$SUITE" "$root" "$DEBIAN_MIRROR" >/dev/null
   # The host's package sources when it runs the same release (its mirror is the one reached).
   if grep -qs "$SUITE" /etc/apt/sources.list.d/debian.sources; then

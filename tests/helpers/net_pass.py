@@ -17,7 +17,7 @@ of its own per build: the build is the one hintkd.engine finds
                                            load WEIGHTS, then STEPS iterations of Caffe's SGD
                                            solver (momentum 0.9, weight decay 1e-4, lr 0.1) on
                                            the batch of INPUTS; OUT holds every parameter
-                                           after them and the solver's momentum history
+                                           after them
 """
 import sys
 from pathlib import Path
@@ -82,10 +82,8 @@ def train(caffe, net_path, weights, inputs, out, steps):
         for name, array in batch.items():
             solver.net.blobs[name].data[...] = array
         solver.step(1)
-    arrays = {f"param:{name}:{i}": blob.data for name, blobs in solver.net.params.items()
-              for i, blob in enumerate(blobs)}
-    arrays.update({f"history:{i}": h.data for i, h in enumerate(solver.history)} if hasattr(solver, "history") else {})
-    np.savez(out, **arrays)
+    np.savez(out, **{f"param:{name}:{i}": blob.data for name, blobs in solver.net.params.items()
+                     for i, blob in enumerate(blobs)})
 
 
 def main(argv):
