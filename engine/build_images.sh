@@ -7,16 +7,16 @@
 #   --target T          which image (default: all, the CPU image first)
 #   --oci-archive DIR   also write each image as DIR/hintkd-T.oci.tar, the file that
 #                       `apptainer build hintkd-T.sif oci-archive://DIR/hintkd-T.oci.tar` reads
-#   --reuse-builds      hand this machine's finished Caffe builds of the same recipe
+#   --reuse-builds      hand this machine's finished CUDA build of the same recipe
 #                       (install_caffe.sh's cache) to the image build instead of compiling
-#                       them again (CI, which has just built and tested them)
+#                       it again (CI, which has just built and tested it)
 #
 # With `docker build` where a Docker engine answers, else with buildah (chroot
 # isolation, no daemon; installed from Debian's packages when missing and root). When
 # no image registry answers, the debian:12 base that FROM names is first made from
 # Debian's packages (debootstrap) and stored under that name. Nothing inside the build
 # downloads from PyPI: the pinned Caffe source is fetched and checked here first and
-# handed in through engine/build-inputs/ (finished builds through engine/prebuilt/),
+# handed in through engine/build-inputs/ (a finished CUDA build through engine/prebuilt/),
 # emptied again afterwards.
 #
 # Environment: HINTKD_IMAGE_TOOL=docker|buildah chooses the tool; HINTKD_CACHE as for
@@ -111,23 +111,21 @@ ensure_base() {
   say "made $BASE in $(( $(date +%s) - started )) s"
 }
 
-# The pinned Caffe source (and with --reuse-builds this machine's finished builds of the
-# images' recipes) into the build context; removed again however the script ends.
+# The pinned Caffe source (and with --reuse-builds this machine's finished CUDA build of
+# the image's recipe) into the build context; removed again however the script ends.
 hand_in_inputs() {
   empty_handed_in
   local sdist; sdist=$("$ENGINE_DIR/install_caffe.sh" --fetch-source)
   cp "$sdist" "$INPUTS/"
   [ "$reuse" = 1 ] || return 0
-  local variant prefix
-  for variant in cpu cuda; do
-    # The image's recipe: the portable CPU build; the CUDA build of Debian's toolkit.
-    prefix=$(env -u CUDA_HOME PATH=/usr/sbin:/usr/bin:/sbin:/bin HINTKD_PORTABLE=1 \
-      "$ENGINE_DIR/install_caffe.sh" "--$variant" --print-prefix)
-    if [ -f "$prefix/BUILD-INFO.json" ]; then
-      say "handing in $prefix (same recipe as the image's; not compiled again)"
-      cp -al "$prefix" "$PREBUILT/" 2>/dev/null || cp -a "$prefix" "$PREBUILT/"
-    fi
-  done
+  # The image's recipe: the CUDA build of Debian's toolkit. (The CPU build is compiled in
+  # its own stage, which sees only build-inputs/, so that its layers stay cached.)
+  local prefix
+  prefix=$(env -u CUDA_HOME PATH=/usr/sbin:/usr/bin:/sbin:/bin "$ENGINE_DIR/install_caffe.sh" --cuda --print-prefix)
+  if [ -f "$prefix/BUILD-INFO.json" ]; then
+    say "handing in $prefix (same recipe as the image's; not compiled again)"
+    cp -al "$prefix" "$PREBUILT/" 2>/dev/null || cp -a "$prefix" "$PREBUILT/"
+  fi
 }
 
 build() {
