@@ -7,7 +7,7 @@
 
 TARGET: table1..table6, figure4, figure5, figure7..figure10 (analysis/paper_results.json).
 Files go to OUT/reports/TARGET-DATASET-resnetTtoS[-scaleF]/: table.md, table.csv,
-figure.png and figure.pdf (a table drawn as bars), and table.tex for tables.
+figure.png and figure.pdf (a table drawn too: each net a point, each row's mean and spread), and table.tex for tables.
 Runs at different scales live in different folders and never meet in one table.
 """
 import os
@@ -53,6 +53,9 @@ def dry_run(study, source=None):
     print(f"  iterations still to go: {to_go} (a stage shared by several runs, such as the teacher, counted once); "
           f"about {estimate.hms(seconds)} on this machine (speeds measured here: finished stages, else a short "
           "timing of each net)")
+    warning = estimate.busy_warning(estimator)
+    if warning:
+        print(f"  {warning}")
     return to_go
 
 

@@ -21,8 +21,26 @@ def stage_curves(stage_dir):
     return summary["label"], summary["iterations"], parsed.train_records(), parsed.test_records()
 
 
-def training_figure(stage_dirs, path_base):
-    """Draws the stages' curves; writes path_base.png and path_base.pdf; returns their paths."""
+LABEL_BASE, LABEL_ROW = 1.01, 0.075  # stage labels above the loss panel: first row, row height (axes fraction)
+
+
+def stack_labels(fig, labels):
+    """Moves each stage label up to the first row where it overlaps no label before it,
+    so that short stages' labels stay readable; returns how many rows were used."""
+    renderer = fig.canvas.get_renderer()
+    row_ends = []  # right edge (display units) of the last label in each row
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        row = next((k for k, end in enumerate(row_ends) if end < box.x0), len(row_ends))
+        if row == len(row_ends):
+            row_ends.append(0)
+        label.set_y(LABEL_BASE + LABEL_ROW * row)
+        row_ends[row] = box.x1
+    return len(row_ends)
+
+
+def draw(stage_dirs):
+    """The figure of the stages' curves (a matplotlib Figure)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -30,13 +48,13 @@ def training_figure(stage_dirs, path_base):
     stages = [stage_curves(d) for d in stage_dirs]
     fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(3, 1, sharex=True, figsize=(11, 8.5),
                                                  gridspec_kw={"height_ratios": [3, 2, 1.2]})
-    colors, offset = {}, 0
-    for i, (label, iterations, train, tests) in enumerate(stages):
+    loss_ax.set_xlim(0, sum(iterations for _, iterations, _, _ in stages))  # final, so labels can be placed
+    colors, offset, labels = {}, 0, []
+    for label, iterations, train, tests in stages:
         for ax in (loss_ax, acc_ax, lr_ax):
             ax.axvline(offset, color="0.6", ls=":", lw=1)
-        # Labels alternate between two heights, so that short stages' labels do not overlap.
-        loss_ax.text(offset, 1.01 + 0.09 * (i % 2), f" {label}", transform=loss_ax.get_xaxis_transform(),
-                     rotation=20, fontsize=7, va="bottom", ha="left")
+        labels.append(loss_ax.text(offset, LABEL_BASE, f" {label}", transform=loss_ax.get_xaxis_transform(),
+                                   fontsize=7, va="bottom", ha="left"))
         terms = sorted({k for r in train for k in r} - {"iteration", "seconds", "lr", "total_loss"})
         for name in ["total_loss"] + terms:
             points = [(offset + r["iteration"], r[name]) for r in train if name in r and r[name] > 0]
@@ -62,11 +80,26 @@ def training_figure(stage_dirs, path_base):
         acc_ax.text(0.5, 0.5, "no test passes (hint stages have no classifier)", ha="center",
                     transform=acc_ax.transAxes, fontsize=9, color="0.4")
     lr_ax.set_yscale("log")
+    levels = sorted({r["lr"] for _, _, train, _ in stages for r in train if "lr" in r})
+    if levels:  # a tick at every rate used (Stage 1's 1e-4 as well as 0.1, 0.01, 0.001)
+        lr_ax.set_yticks(levels, [f"{v:g}" for v in levels], fontsize=7)
+        lr_ax.minorticks_off()
+        lr_ax.set_ylim(levels[0] / 3, levels[-1] * 3)
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_xlabel("iteration (the stages one after another)")
     fig.suptitle(f"Training of {Path(stage_dirs[-1]).parent.name if len(stage_dirs) > 1 else stages[0][0]}",
                  fontsize=11)
-    fig.tight_layout()
+    for _ in range(2):  # the rows the labels need change the layout, which changes their widths
+        stack_labels(fig, labels)
+        fig.tight_layout()
+    return fig
+
+
+def training_figure(stage_dirs, path_base):
+    """Draws the stages' curves; writes path_base.png and path_base.pdf; returns their paths."""
+    import matplotlib.pyplot as plt
+
+    fig = draw(stage_dirs)
     paths = []
     for suffix in ("png", "pdf"):
         path = Path(f"{path_base}.{suffix}")

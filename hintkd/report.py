@@ -195,9 +195,16 @@ def versus_next(rows):
 
 
 def _versus_text(p):
+    """Three places (0.048), more where rounding would put the number on the other side
+    of the rule p < 0.05 than p itself (0.0496, not 0.050)."""
     if p is None:
         return ""
-    return f"p={p:.2f}, {'beyond' if p < SIGNIFICANCE else 'within'} spread"
+    if p < 0.001:
+        return "p<0.001, beyond spread"
+    places = 3
+    while (round(p, places) < SIGNIFICANCE) != (p < SIGNIFICANCE):
+        places += 1
+    return f"p={p:.{places}f}, {'beyond' if p < SIGNIFICANCE else 'within'} spread"
 
 
 def collect(study):
@@ -349,31 +356,41 @@ def _pyplot():
     return plt
 
 
-def bar_figure(study, rows, reference):
+def points_figure(study, rows, reference):
+    """Each net as a point, each row's mean with its spread (std.) beside them, the
+    paper's average as a dash; the nets trained alone as horizontal lines. Points,
+    not bars: an axis that starts far above 0 does not make small gaps look large."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows) + 3), 4.2))  # room for the title and the legend
     ylabel = "P_c (%)" if study.spec["metric"] == "Pc" else "P_e (%)"
-    values = []
+
+    def label_once(text):
+        return text if text not in ax.get_legend_handles_labels()[1] else None
+
     for x, row in enumerate(rows):
+        finals = [c.final for c in row.cells if c.status == "done"]
+        offsets = [0.08 * (k - (len(finals) - 1) / 2) for k in range(len(finals))]
+        ax.plot([x - 0.15 + o for o in offsets], finals, "o", color=f"C{x}", ms=5,
+                label=label_once("ours: each net (last iteration)"))
         mean, std = row.mean_std()
         if mean is not None:
-            ax.bar(x, mean, yerr=std or 0, color=f"C{x}", capsize=4,
-                   label="ours (mean over nets, bar: std.)" if x == 0 else None)
-            ax.text(x + 0.05, mean, f"{mean:.2f}", ha="left", va="bottom", fontsize=8)  # beside the error bar
-            values += [mean - (std or 0), mean + (std or 0)]
-        else:
+            ax.errorbar(x + 0.12, mean, yerr=std or 0, fmt="s", color="k", ms=5, capsize=4,
+                        label=label_once("ours: mean, bar = std. over nets"))
+            ax.text(x + 0.2, mean, f"{mean:.2f}", ha="left", va="center", fontsize=8)
+        elif not finals:
             ax.text(x, 0.5, _status(row.cells) or "missing", ha="center", va="bottom", rotation=90,
                     fontsize=8, transform=ax.get_xaxis_transform())
         if row.paper_avg() is not None:
-            ax.plot([x - 0.4, x + 0.4], [row.paper_avg()] * 2, "k--", lw=2,
-                    label="paper (Avg.)" if "paper (Avg.)" not in ax.get_legend_handles_labels()[1] else None)
-            values.append(row.paper_avg())
+            ax.plot([x - 0.3, x + 0.3], [row.paper_avg()] * 2, "k--", lw=1.5, label=label_once("paper (Avg.)"))
+    for i, ref in enumerate(reference):
+        cell = ref.cells[0] if ref.cells else Cell()
+        if cell.status == "done":
+            depth = study.depths[0] if ref.method == "teacher" else study.depths[1]
+            ax.axhline(cell.final, color=("0.35", "0.65")[i % 2], ls=":", lw=1.2,
+                       label=f"ours: {ref.method} ResNet-{depth} alone {cell.final:.2f}")
     ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=20, ha="right", fontsize=9)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylabel(ylabel)
-    if values:
-        low, high = min(values), max(values)
-        pad = max(0.5, (high - low) * 0.5)
-        ax.set_ylim(max(0, low - pad), min(100, high + pad) if study.spec["metric"] == "Pc" else high + pad)
     fig.suptitle(f"{study.spec['title']}\n{study.describe()}", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -442,7 +459,7 @@ def hint_loss_figure(study, rows, reference):
     return fig
 
 
-FIGURES = {"bars": bar_figure, "curves": curve_figure, "hint_losses": hint_loss_figure}
+FIGURES = {"points": points_figure, "curves": curve_figure, "hint_losses": hint_loss_figure}
 
 
 def build(study):
@@ -456,7 +473,7 @@ def build(study):
     write_text(folder / "table.csv", csv_text(study, rows, reference))
     if kind == "table":
         write_text(folder / "table.tex", latex(study, rows, reference))
-    fig = FIGURES["bars" if kind == "table" else kind](study, rows, reference)  # a table is also drawn as bars
+    fig = FIGURES["points" if kind == "table" else kind](study, rows, reference)  # a table is also drawn
     for suffix in ("png", "pdf"):
         tmp = folder / f".figure.tmp.{suffix}"
         fig.savefig(tmp, dpi=120, format=suffix)

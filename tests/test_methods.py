@@ -92,6 +92,24 @@ def test_every_method_runs_end_to_end(methods_out, method):
         assert stage1["hints"] == [["middle", "middle"]] and "hint1" in stage1["final_losses"]
 
 
+def test_the_training_figure_reads_clearly(methods_out):
+    """The stages' labels never overlap (at this scale Stage 1's three steps are short and
+    side by side), and the learning-rate axis has a tick at every rate used, Stage 1's 1e-4
+    as well as Stage 2's 0.1/0.01/0.001."""
+    from hintkd import curves
+    run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
+    run_summary = json.loads((stage_folders(methods_out, "proposed")[0].parent / "run.json").read_text())
+    fig = curves.draw([s["folder"] for s in run_summary["stages"]])
+    loss_ax, _, lr_ax = fig.axes
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in loss_ax.texts]
+    assert len(boxes) == len(run_summary["stages"]) == 7
+    overlapping = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    assert not overlapping, overlapping
+    ticks = {round(t, 8) for t in lr_ax.get_yticks()}
+    assert {1e-4, 0.1, 0.01} <= ticks, ticks
+
+
 def read_teacher_layers(caffemodel):
     return {name: blobs for name, blobs in handoff.read_caffemodel(caffemodel).items()
             if name.startswith("teacher/")}
