@@ -4,19 +4,66 @@ A stage's speed (seconds per training iteration) is, in this order: what its own
 summary or Caffe log measured here; what a finished stage of the same kind
 measured (a teacher, the student alone, Stage 1 step k, Stage 2: Nets 1-3 of
 every method share one speed); else a short timing of its net on this machine
-(one warm-up and two forward/backward passes on an Input-fed copy at the
-stage's batch size). Test passes are added at a third of a training step per
-batch (a forward pass, no backward).
+(one warm-up and two forward/backward passes on an Input-fed copy at a batch of
+TIMED_BATCH, scaled to the stage's batch). Test passes are added at a third of a
+training step per batch (a forward pass, no backward). Other processes' use of the
+cores while nets are timed is measured too: on a busy machine the timings, and so
+the estimate, are several times too long, and the dry run says so.
 """
 import hashlib
 import json
+import os
 import re
 import tempfile
 import time
+from pathlib import Path
 
 from hintkd import caffelog, datasets, engine, lmdb_data, netgen, train
 
 TIMED_ITERATIONS = 2
+# Nets are timed at this batch (or the stage's, when smaller) and scaled up linearly:
+# a quarter of the paper's 128 keeps the dry run of Table 1 to a few seconds.
+TIMED_BATCH = 32
+# Other processes' share of the cores while nets were timed above which the timing is
+# reported as unreliable: two busy processes on 2 cores slow each other about 5x.
+BUSY_SHARE = 0.25
+
+
+def cpu_seconds_busy():
+    """Seconds of CPU time every process on this machine has used (Linux /proc/stat), or None."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds():
+    """CPU time of this process and of the children it has waited for."""
+    return sum(os.times()[:4])
+
+
+class OthersMeter:
+    """How much of the cores other processes used while this one (and the children it
+    waited for) measured; a with-block adds one measurement."""
+
+    def __init__(self):
+        self.others = self.wall = 0.0
+
+    def __enter__(self):
+        self._busy, self._own, self._wall = cpu_seconds_busy(), own_cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        busy = cpu_seconds_busy()
+        if busy is not None and self._busy is not None:
+            self.others += max(0.0, (busy - self._busy) - (own_cpu_seconds() - self._own))
+            self.wall += time.perf_counter() - self._wall
+
+    def share(self):
+        """Other processes' CPU time over the cores' time while measuring (0 = idle machine)."""
+        return self.others / (self.wall * os.cpu_count()) if self.wall else 0.0
 
 
 def kind_of(folder):
@@ -44,6 +91,7 @@ class Estimator:
     def __init__(self):
         self.by_kind = {}
         self.timed = {}  # net text hash -> seconds per iteration
+        self.others = OthersMeter()  # what else ran while nets were timed
 
     def learn(self, folder):
         speed = measured(folder)
@@ -63,8 +111,9 @@ class Estimator:
     def time_net(self, planner, folder):
         name, nets, heads, sched = planner.parts[folder]
         shape = {**datasets.dataset_info(planner.opts.dataset), **planner.manifest}  # a prepared folder knows best
+        batch = min(sched["batch_size"], TIMED_BATCH)
         data = netgen.DataSpec.input_only(shape["channels"], shape["image_size"], shape["num_classes"],
-                                          batch_size=sched["batch_size"])
+                                          batch_size=batch)
         text = netgen.render_net(name, data, nets, heads)
         key = hashlib.sha256(text.encode()).hexdigest()
         if key not in self.timed:
@@ -76,12 +125,23 @@ class Estimator:
                 net = caffe.Net(f.name, caffe.TRAIN)
             net.forward()
             net.backward()
-            started = time.perf_counter()
-            for _ in range(TIMED_ITERATIONS):
-                net.forward()
-                net.backward()
-            self.timed[key] = (time.perf_counter() - started) / TIMED_ITERATIONS
+            with self.others:
+                started = time.perf_counter()
+                for _ in range(TIMED_ITERATIONS):
+                    net.forward()
+                    net.backward()
+                self.timed[key] = (time.perf_counter() - started) / TIMED_ITERATIONS * sched["batch_size"] / batch
         return self.timed[key]
+
+
+def busy_warning(estimator):
+    """A line to print when other processes shared the cores while nets were timed, else None."""
+    share = estimator.others.share()
+    if share <= BUSY_SHARE:
+        return None
+    return (f"note: other processes used {share:.0%} of the {os.cpu_count()} cores while the nets were timed, so "
+            "the times above may be several times too long; run it again on an idle machine for an estimate "
+            "that holds")
 
 
 def stage_seconds(planner, folder, done, total, per_iter):
