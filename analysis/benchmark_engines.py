@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Training speed of the fast CPU build, the stock build and PyTorch on the same nets.
 
-    analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch]
+    analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch] [--portable]
 
 One whole training step (forward, backward, SGD update with momentum and weight
 decay) at batch 128 of 32x32x3 images, for each 6n+2 ResNet as the planner
@@ -9,6 +9,8 @@ writes it for CIFAR-10 (conv-BN-Scale-ReLU, projection shortcuts, global
 average pooling, FC, softmax loss), in:
   fast    this project's Caffe build (engine/install_caffe.sh)
   stock   the stock build (engine/install_caffe.sh --stock)
+  portable  with --portable: the fast build without -march=native (HINTKD_PORTABLE=1,
+          the images' build), to show what running on any x86-64 CPU costs
   pytorch PyTorch CPU on the identical net (same layers, shortcuts, batch and
           thread count), installed from PyPI into the benchmark's own venv
           ($HINTKD_CACHE/bench-venv) on first use, never a toolkit dependency.
@@ -248,6 +250,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--steps", type=int, default=2, help="training steps timed per net per round")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument("--portable", action="store_true",
+                        help="also the portable fast build (HINTKD_PORTABLE=1, as in the images), built if missing")
     parser.add_argument("--worker", choices=("caffe", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--nets", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -266,18 +270,22 @@ def main(argv=None):
         flops = {label: training_flops(path) for label, path in nets.items()}
         me = [engine.SYSTEM_PYTHON, str(Path(__file__).resolve()), "--nets"]
         workers = {}
-        for build in ("fast", "stock"):
-            variant = "cpu" if build == "fast" else "stock"
-            subprocess.run(["bash", str(engine.INSTALL_SCRIPT), f"--{variant}"], check=True, stdout=subprocess.DEVNULL)
+        builds = {"fast": ("cpu", "0"), "stock": ("stock", "0")}
+        if args.portable:
+            builds["portable"] = ("cpu", "1")
+        for build, (variant, portable) in builds.items():
+            build_env = dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX="", HINTKD_PORTABLE=portable)
+            subprocess.run(["bash", str(engine.INSTALL_SCRIPT), f"--{variant}"], check=True, stdout=subprocess.DEVNULL,
+                           env=dict(os.environ, **build_env))
             workers[build] = Worker(build, me + [json.dumps({k: str(v) for k, v in nets.items()}), "--worker", "caffe"],
-                                    dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX=""))
+                                    build_env)
         if not args.no_torch:
             argv = [str(torch_python())] + me[1:] + [json.dumps(specs), "--worker", "torch"]
             workers["pytorch"] = Worker("pytorch", argv, env)
         resnets = [f"ResNet-{d}" for d in depths]
         stage2_label = next(label for label in nets if label.startswith("Stage 2"))
         times = {(w, label): [] for w in workers for label in nets}
-        teacher = {w: [] for w in ("fast", "stock")}
+        teacher = {w: [] for w in builds}
         peaks = []
         for round_ in range(args.rounds + 1):  # round 0 warms up
             record = round_ > 0
@@ -304,6 +312,7 @@ def main(argv=None):
     names = list(workers)
     header = f"{'net':<20} {'GFLOP/img':>9} " + " ".join(f"{n + ' img/s':>13}" for n in names)
     header += f" {'fast/stock':>10}" + (f" {'fast/pytorch':>12}" if "pytorch" in names else "")
+    header += f" {'portable/fast':>13}" if "portable" in names else ""
     header += " " + " ".join(f"{n + ' %peak':>13}" for n in names)
     print(header)
     for label in nets:
@@ -313,6 +322,8 @@ def main(argv=None):
         line += f" {rates['fast'] / rates['stock']:>9.2f}x"
         if "pytorch" in names:
             line += f" {rates['fast'] / rates['pytorch']:>11.2f}x" if "pytorch" in rates else f" {'-':>12}"
+        if "portable" in names:
+            line += f" {rates['portable'] / rates['fast']:>12.2f}x" if "portable" in rates else f" {'-':>13}"
         line += " " + " ".join(f"{rates[n] * flops[label] / 1e9 / peak:>12.0%} " if n in rates else f"{'-':>13}"
                                for n in names)
         print(line)
