@@ -2,9 +2,11 @@
 import csv
 import gzip
 import json
-import statistics
-
+import os
 import re
+import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -128,6 +130,20 @@ def accuracies(out, method, nets=3):
         (folder,) = (out / "digits").glob(f"{method}-resnet14to8-scale{SCALE}/stage2-net{k}")
         found.append(json.loads((folder / "summary.json").read_text()))
     return found
+
+
+def test_a_dry_run_on_a_busy_machine_says_its_estimate_does_not_hold(tmp_path):
+    """Every core busy with another process while the nets are timed: the timings run
+    several times too long, and the dry run says so instead of printing the figure alone."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count())]
+    try:
+        dry = reproduce("table4", *DIGITS, "--out", tmp_path, "--dry-run").stdout
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert re.search(r"note: other processes used \d+% of the \d+ cores while the nets were timed", dry), dry
+    assert "on an idle machine" in dry
 
 
 def test_table4_reproduced_on_digits_beside_the_paper(methods_out):
@@ -256,10 +272,35 @@ def test_each_row_says_whether_it_differs_from_the_next_beyond_the_spread_of_its
         [welch_p(*apart), None, None, None]
 
 
-def test_the_readme_shows_the_kept_study_table_as_reproduce_wrote_it():
-    """README's real-CIFAR-10 section and analysis/studies/ hold the same table."""
+def test_a_table_is_drawn_as_points_for_each_net_with_each_rows_mean(methods_out):
+    """Not bars: each net a point, each row's mean with its std., the paper's average a dash."""
+    from hintkd import report
+    reproduce("table4", *DIGITS, "--out", methods_out)
+    study = report.Study("table4", methods_out, "digits", (14, 8), float(SCALE))
+    rows, reference = report.collect(study)
+    ax = report.points_figure(study, rows, reference).axes[0]
+    assert not ax.patches  # no bar anywhere
+    points = sorted(y for line in ax.lines if line.get_marker() == "o" for y in line.get_ydata())
+    assert points == sorted(c.final for row in rows for c in row.cells) and len(points) == 3 * len(rows)
+    means = [c.lines[0].get_ydata()[0] for c in ax.containers]  # errorbar containers: the means
+    assert means == pytest.approx([row.mean_std()[0] for row in rows])
+    dashes = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"]
+    assert dashes == [row.paper_avg() for row in rows]
+
+
+def test_a_p_value_is_printed_on_its_own_side_of_the_rule():
+    from hintkd.report import SIGNIFICANCE, _versus_text
+    assert _versus_text(0.0482) == "p=0.048, beyond spread"  # the kept study's Hint-KD row
+    assert _versus_text(0.51) == "p=0.510, within spread" and _versus_text(0.0004) == "p<0.001, beyond spread"
+    for p in (0.04951, 0.0496, 0.04999, 0.0500, 0.05004, 0.0501):
+        shown = float(re.search(r"p=([\d.]+)", _versus_text(p)).group(1))
+        assert (shown < SIGNIFICANCE) == (p < SIGNIFICANCE) and ("beyond" in _versus_text(p)) == (p < SIGNIFICANCE), p
+
+
+def test_the_docs_show_the_kept_study_table_as_reproduce_wrote_it():
+    """docs/study-table1.md and analysis/studies/ hold the same table."""
     kept = REPO / "analysis" / "studies" / "table1-cifar10-resnet14to8-scale0.0625"
-    assert kept.joinpath("table.md").read_text().rstrip("\n") in (REPO / "README.md").read_text()
+    assert kept.joinpath("table.md").read_text().rstrip("\n") in (REPO / "docs" / "study-table1.md").read_text()
     rows = list(csv.DictReader(open(kept / "table.csv")))
     assert {r["method"] for r in rows} == {"kd", "hint-kd", "hint-kd+", "proposed", "student", "teacher"}
     assert all(r["status"] == "done" for r in rows)
