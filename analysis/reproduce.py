@@ -7,7 +7,8 @@
 
 TARGET: table1..table6, figure4, figure5, figure7..figure10 (analysis/paper_results.json).
 Files go to OUT/reports/TARGET-DATASET-resnetTtoS[-scaleF]/: table.md, table.csv,
-figure.png and figure.pdf (a table drawn too: each net a point, each row's mean and spread), and table.tex for tables.
+figure.png and figure.pdf (a table drawn too: each net a point, each row's mean and
+spread), and table.tex for tables.
 Runs at different scales live in different folders and never meet in one table.
 """
 import os

@@ -40,7 +40,7 @@ def caffe():
 
 @pytest.fixture(scope="session")
 def digits_data(tmp_path_factory):
-    """scikit-learn's digits, prepared once for the whole session."""
+    """scikit-learn's digits, prepared once for the whole test run."""
     folder = tmp_path_factory.mktemp("data") / "digits"
     python(REPO / "data_prep" / "prepare.py", "digits", "--out", folder)
     return folder

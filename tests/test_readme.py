@@ -3,7 +3,6 @@ what the commands printed (analysis/measured.py), never edited by hand."""
 import copy
 import csv
 import json
-import os
 import re
 import statistics
 
@@ -64,14 +63,9 @@ def test_the_main_job_gives_the_accuracies_the_readme_quotes(tmp_path):
 def test_the_check_command_names_a_stale_block(tmp_path, monkeypatch):
     readme = tmp_path / "README.md"
     text = (REPO / "README.md").read_text()
-    readme.write_text(re.sub(r"(<!-- measured:main-job -->\n.*?)\d+ s", r"\g<1>1 s", text, count=1, flags=re.S))
+    edited = text.replace(" on the 300 digits test images", " on the 300 digits test images, a sentence added by hand", 1)
+    assert edited != text
+    readme.write_text(edited)
     monkeypatch.setattr(measured, "DOCUMENTS", [readme])
     monkeypatch.setattr(measured, "ROOT", tmp_path)
     assert measured.main(["--check"]) == 1
-
-
-def test_nothing_names_tools_the_users_do_not_have():
-    for document in DOCUMENTS:
-        text = document.read_text()
-        assert not re.search(r"\bsessions?\b|farm-bench|\bissues (show|note|resolved)\b", text), document.name
-    assert os.access(REPO / "analysis" / "measured.py", os.X_OK)
