@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hintkd import engine, estimate  # noqa: E402
+from hintkd import engine, estimate, netgen, plan  # noqa: E402
 
 RESULTS_NAME = "docs/measured.json"
 RESULTS = ROOT / RESULTS_NAME
@@ -34,6 +34,13 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 MAIN_JOB = ["digits", "14", "8", "proposed"]
 MNIST_JOB = ["mnist", "32", "8", "student", "--quick", "--source"]
+
+
+def run_options(job, out, scale=1.0):
+    """The planner's options for a job's DATASET TEACHER STUDENT METHOD: where its folders go."""
+    dataset, teacher, student, method = job[:4]
+    return plan.RunOptions(dataset, int(teacher), int(student), method, Path(out) / "data" / dataset, Path(out),
+                           scale=scale)
 BLOCK = re.compile(r"(<!-- measured:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /measured:(?P=name) -->)", re.S)
 
 
@@ -62,7 +69,8 @@ def accuracies(run_json):
 
 
 def main_job_accuracies(out):
-    return accuracies(Path(out) / "digits" / "proposed-resnet14to8" / "run.json")
+    opts = run_options(MAIN_JOB, out)
+    return accuracies(Path(out) / opts.dataset / opts.run_id() / "run.json")
 
 
 def measure():
@@ -80,7 +88,8 @@ def measure():
         if MNIST.is_dir():
             out = Path(tmp) / "mnist"
             seconds, others = run_stages([*MNIST_JOB, str(MNIST)], out)
-            summary = json.loads((out / "mnist" / "student-resnet8-w16.32.64-scale0.01" / "summary.json").read_text())
+            opts = run_options(MNIST_JOB, out, netgen.quick_scale())
+            summary = json.loads((out / opts.dataset / opts.net_id("student") / "summary.json").read_text())
             results["mnist_quick"] = {"command": "./run_stages.sh " + " ".join(MNIST_JOB) + " ../shared/data/mnist",
                                       "seconds": seconds, "others": others,
                                       "accuracy": round(100 * summary["final_test"]["accuracy"], 2)}

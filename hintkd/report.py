@@ -262,13 +262,17 @@ def _status(cells):
                      for kind, n in sorted(kinds.items()))
 
 
+def net_depth(study, method):
+    """The depth of the net a reference row stands for: the teacher's, else the student's."""
+    return study.depths[0] if method == "teacher" else study.depths[1]
+
+
 def reference_rows(study, reference):
     """The paper's label, then which of our nets stands for it (its depth may differ), ours, the paper's."""
     body = []
     for row in reference:
         cell = row.cells[0] if row.cells else Cell()
-        depth = study.depths[0] if row.method == "teacher" else study.depths[1]
-        body.append([row.label, f"ResNet-{depth}", cell.text(), _paper(row.paper_avg())])
+        body.append([row.label, f"ResNet-{net_depth(study, row.method)}", cell.text(), _paper(row.paper_avg())])
     return ["Reference net (trained alone)", "Our net", "Ours", "Paper"], body
 
 
@@ -385,9 +389,8 @@ def points_figure(study, rows, reference):
     for i, ref in enumerate(reference):
         cell = ref.cells[0] if ref.cells else Cell()
         if cell.status == "done":
-            depth = study.depths[0] if ref.method == "teacher" else study.depths[1]
             ax.axhline(cell.final, color=("0.35", "0.65")[i % 2], ls=":", lw=1.2,
-                       label=f"ours: {ref.method} ResNet-{depth} alone {cell.final:.2f}")
+                       label=f"ours: {ref.method} ResNet-{net_depth(study, ref.method)} alone {cell.final:.2f}")
     ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=20, ha="right", fontsize=9)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylabel(ylabel)

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from analysis import measured
 
-DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+DOCUMENTS = measured.DOCUMENTS  # README.md and docs/*.md
 
 
 def test_the_readme_leads_and_every_link_resolves():
