@@ -58,14 +58,30 @@ def _write_lmdb(path, images, labels, progress):
     env.close()
 
 
+def first_of_each_class(labels, limit):
+    """The indices of `limit` images (all if None), as many of each class as can be, each
+    class's first ones, in source order: a source sorted by class (an image folder)
+    still gives every class."""
+    labels = np.asarray(labels)
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    rank = np.empty(len(labels), dtype=np.int64)  # the position of each image within its class
+    for label in np.unique(labels):
+        where = np.flatnonzero(labels == label)
+        rank[where] = np.arange(len(where))
+    return np.sort(np.lexsort((np.arange(len(labels)), rank))[:limit])
+
+
 def write_dataset(data, info, folder, seed=0, train_limit=None, test_limit=None, progress=None):
     """Writes `data` (a datasets.Dataset) under `folder`; returns the manifest.
     progress(split, done, total) is called as records are written."""
     folder = Path(folder)
     if is_prepared(folder):
         raise FileExistsError(f"{folder} already holds a prepared dataset")
-    train_images, train_labels = data.train_images[:train_limit], data.train_labels[:train_limit]
-    test_images, test_labels = data.test_images[:test_limit], data.test_labels[:test_limit]
+    keep = first_of_each_class(data.train_labels, train_limit)
+    train_images, train_labels = data.train_images[keep], data.train_labels[keep]
+    keep = first_of_each_class(data.test_labels, test_limit)
+    test_images, test_labels = data.test_images[keep], data.test_labels[keep]
     order = np.random.RandomState(seed).permutation(len(train_images))
     train_images, train_labels = train_images[order], train_labels[order]
     mean = train_images.reshape(len(train_images), train_images.shape[1], -1).mean(axis=(0, 2))

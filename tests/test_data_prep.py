@@ -190,3 +190,14 @@ def test_prepared_folder_is_reused_not_rewritten(tmp_path, digits_data):
     result = prepare("digits", None, copy)
     assert "already prepared" in result.stdout
     assert (copy / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_a_limit_keeps_every_class_of_a_folder_sorted_by_class(tmp_path):
+    """An image folder lists one class after another: a limit takes the first of each class
+    in turn, so a small subset of the CIFAR-10 JPEG folder is not one class alone."""
+    rng = np.random.RandomState(5)
+    write_image_folder(tmp_path / "src", rng, classes=("ant", "bee", "cat"), per_class=4)
+    prepare("folder", tmp_path / "src", tmp_path / "out", "--train-limit", "7", "--test-limit", "3")
+    train_labels, test_labels = read_lmdb(tmp_path / "out", "train")[1], read_lmdb(tmp_path / "out", "test")[1]
+    assert sorted(np.bincount(train_labels).tolist()) == [2, 2, 3]
+    assert sorted(test_labels.tolist()) == [0, 1, 2]
