@@ -8,6 +8,7 @@ in the source caffemodel first, and compared value by value after loading.
 import numpy as np
 
 from hintkd import engine
+from hintkd.atomic import write_bytes
 
 
 class HandoffError(Exception):
@@ -16,6 +17,20 @@ class HandoffError(Exception):
 
 def read_caffemodel(path):
     """{layer name: [numpy arrays]} of a caffemodel, read with caffe_pb2."""
+    param = _read_net(path)
+    layers = param.layer or param.layers
+    return {layer.name: [np.asarray(b.data, dtype=np.float32) for b in layer.blobs]
+            for layer in layers if layer.blobs}
+
+
+def _blob_shape(blob):
+    if blob.HasField("shape"):
+        return tuple(blob.shape.dim)
+    legacy = (blob.num, blob.channels, blob.height, blob.width)  # a caffemodel of Caffe before 2015
+    return tuple(d for d in legacy if d != 1) or (1,)
+
+
+def _read_net(path):
     from google.protobuf.message import DecodeError
     param = engine.caffe_pb2().NetParameter()
     try:
@@ -23,9 +38,45 @@ def read_caffemodel(path):
             param.ParseFromString(f.read())
     except (OSError, DecodeError) as e:
         raise HandoffError(f"cannot read weights {path}: {e}") from None
-    layers = param.layer or param.layers
-    return {layer.name: [np.asarray(b.data, dtype=np.float32) for b in layer.blobs]
-            for layer in layers if layer.blobs}
+    return param
+
+
+def match_layers(shapes, path, prefix):
+    """{layer of a net: its layer in the caffemodel at path} for every layer of `shapes`
+    ({layer: [blob shapes]}). A net's layer "teacher/conv1" is found in the file as
+    "teacher/conv1", "conv1" (a user's own names) or "student/conv1" (a net trained here
+    as the student); a layer not found, or found with other shapes, is an error."""
+    param = _read_net(path)
+    if param.layers:
+        raise HandoffError(f"{path} is in Caffe's V1 format: upgrade it with Caffe's upgrade_net_proto_binary")
+    stored = {layer.name: [_blob_shape(b) for b in layer.blobs] for layer in (param.layer or param.layers)
+              if layer.blobs}
+    found = {}
+    for name, wanted in shapes.items():
+        rest = name[len(prefix):] if name.startswith(prefix) else name
+        source = next((c for c in (name, rest, f"student/{rest}", f"teacher/{rest}") if c in stored), None)
+        if source is None:
+            raise HandoffError(f"layer '{rest}' is not in {path}")
+        have = stored[source]
+        squeeze = [tuple(d for d in shape if d != 1) or (1,) for shape in wanted]
+        if len(have) != len(wanted) or any(h not in (w, s) for h, w, s in zip(have, wanted, squeeze)):
+            raise HandoffError(f"layer '{rest}': {path} holds shapes {have}, the prototxt needs {wanted}")
+        found[name] = source
+    return found
+
+
+def write_renamed(source, target, names):
+    """Writes the layers of the caffemodel `source` named in `names` ({new: old}) under their new names."""
+    param = _read_net(source)
+    old_to_new = {old: new for new, old in names.items()}
+    out = engine.caffe_pb2().NetParameter()
+    out.name = param.name
+    for layer in param.layer:
+        if layer.name in old_to_new:
+            copy = out.layer.add()
+            copy.CopyFrom(layer)
+            copy.name = old_to_new[layer.name]
+    write_bytes(target, out.SerializeToString())
 
 
 def load_initial_weights(net, inits):

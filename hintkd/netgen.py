@@ -167,6 +167,37 @@ def schedule(dataset, kind="scratch", scale=1.0, max_iter=None):
     return s
 
 
+# The lr_policy fields of a user's solver that count iterations, scaled as max_iter is.
+POLICY_ITERATION_FIELDS = ("stepsize",)
+POLICY_FIELDS = ("gamma", "power") + POLICY_ITERATION_FIELDS
+
+
+def user_schedule(path, scale):
+    """The values of a user's solver prototxt as schedule() gives them: any lr_policy
+    Caffe has, its iteration counts times scale (unscaled_max_iter keeps the original)."""
+    try:
+        p = validate(Path(path).read_text(), "SolverParameter")
+    except OSError as e:
+        raise GenerateError(f"--solver {path}: {e}") from None
+    except GenerateError as e:
+        raise GenerateError(f"--solver {path}: {e}") from None
+    if not p.max_iter:
+        raise GenerateError(f"--solver {path}: no max_iter")
+    def real(value):  # protobuf holds floats in 32 bits: 0.001 comes back as 0.0010000000474974513
+        return float(f"{value:.7g}")
+    s = {"type": p.type or "SGD", "base_lr": real(p.base_lr), "lr_policy": p.lr_policy or "fixed",
+         "momentum": real(p.momentum), "weight_decay": real(p.weight_decay), "max_iter": scaled(p.max_iter, scale),
+         "unscaled_max_iter": p.max_iter, "stepvalue": [scaled(v, scale) for v in p.stepvalue],
+         "test_interval": scaled(p.test_interval, scale) if p.test_interval else 0,
+         "display": scaled(p.display, scale) if p.display else 0,
+         "snapshot": scaled(p.snapshot or p.max_iter, scale)}
+    for key in POLICY_FIELDS:
+        if p.HasField(key):
+            value = getattr(p, key)
+            s[key] = scaled(value, scale) if key in POLICY_ITERATION_FIELDS else real(value)
+    return s
+
+
 def scaled(iterations, scale):
     return max(1, int(round(iterations * scale)))
 
@@ -235,14 +266,24 @@ def render_solver(net_path, schedule_values, data, random_seed, snapshot_prefix,
     return text
 
 
-def count_learned_params(net_text):
-    """Learned parameters of a rendered net (conv, Scale, FC; not BatchNorm's
-    running statistics), counted on a caffe.Net Caffe builds from the text."""
+def built_net(net_text):
+    """A caffe.Net (TEST phase) Caffe builds from prototxt text."""
     import tempfile
     caffe = engine.import_caffe()
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
         f.write(net_text)
         f.flush()
-        net = caffe.Net(f.name, caffe.TEST)
+        return caffe.Net(f.name, caffe.TEST)
+
+
+def param_shapes(net_text):
+    """{layer: [blob shapes]} of the layers with parameters of a rendered net."""
+    return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in built_net(net_text).params.items()}
+
+
+def count_learned_params(net_text):
+    """Learned parameters of a rendered net (conv, Scale, FC; not BatchNorm's
+    running statistics), counted on a caffe.Net Caffe builds from the text."""
+    net = built_net(net_text)
     return sum(blob.data.size for name, blobs in net.params.items()
                for blob in blobs if net.layer_dict[name].type != "BatchNorm")

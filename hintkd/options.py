@@ -2,7 +2,7 @@
 
 run_stages.sh asks this module before it does anything else:
 
-    python3 -m hintkd.options run DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD [options]
+    python3 -m hintkd.options run DATASET TEACHER STUDENT METHOD [options]
     python3 -m hintkd.options reproduce TARGET [options]
 
 Every argument is checked here with the standard library alone (a fresh machine
@@ -71,6 +71,23 @@ def depth(text):
     if value < 8 or (value - 2) % 6:
         raise argparse.ArgumentTypeError(f"depth {value} is not 6n+2 with n >= 1: use 8, 14, 20, 26, 32, ...")
     return value
+
+
+def net(text):
+    """A 6n+2 depth, or the path of a user's prototxt (a Path)."""
+    if text.endswith(".prototxt") or os.sep in text:
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"no prototxt file '{text}'")
+        return Path(text)
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a net is a depth like 14 or a .prototxt file, got '{text}'")
+    return depth(text)
+
+
+def existing_file(text):
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no file '{text}'")
+    return text
 
 
 def depth_pair(text):
@@ -159,8 +176,8 @@ def hints(text):
 def add_run_options(parser):
     """One run's method and settings: what generate.py plan and run_stages.sh share."""
     parser.add_argument("dataset", type=dataset)
-    parser.add_argument("teacher_depth", type=depth)
-    parser.add_argument("student_depth", type=depth)
+    parser.add_argument("teacher", type=net, help="a 6n+2 depth, or a teacher prototxt (deploy or train_val)")
+    parser.add_argument("student", type=net, help="a 6n+2 depth, or a student prototxt (train_val: its fillers)")
     parser.add_argument("method", type=method)
     parser.add_argument("--teacher-widths", type=widths)
     parser.add_argument("--student-widths", type=widths)
@@ -168,7 +185,8 @@ def add_run_options(parser):
     parser.add_argument("--seed", type=int, default=1, help="seed of Stage 1 and Net 1; Net k uses seed + k - 1")
     parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 runs once per net (paper: Nets 1-3)")
     parser.add_argument("--hints", type=hints,
-                        help="hint/guided points, T[:S] each: stage1..3, middle, last, blockK (N = their count)")
+                        help="hint/guided points, T[:S] each: stage1..3, middle, last, blockK of a ResNet, a blob "
+                             "name of a prototxt (N = their count)")
     parser.add_argument("--hint-weights", type=numbers(float), help="a_i of eq. 7 (default: equal)")
     parser.add_argument("--step-iterations", type=numbers(int), help="iterations of each layer-wise step")
     parser.add_argument("--tau", type=positive(float), help="softening factor (default 3, sec. 2.1)")
@@ -177,6 +195,18 @@ def add_run_options(parser):
                         help="multiply the KD term by tau^2 (Hinton et al.; not in the paper)")
     parser.add_argument("--regressor", action="store_true",
                         help="a 1x1 convolutional regressor on each guided layer to the teacher's width (Tables 5-6)")
+    own = parser.add_argument_group("your own nets (README 'Your own teacher and student')")
+    own.add_argument("--teacher-weights", type=existing_file, metavar="FILE.caffemodel",
+                     help="a trained teacher: its accuracy is measured, it is not trained")
+    own.add_argument("--solver", type=existing_file, metavar="FILE.prototxt",
+                     help="your solver for the stages that train with cross-entropy (scaled by --scale); "
+                          "default: the paper's schedule for the dataset")
+    own.add_argument("--hint-lr", type=positive(float), metavar="LR",
+                     help="the learning rate of hint stages (default: the paper's 1e-4; with --solver, in "
+                          "proportion to its base_lr); a net without BatchNorm on 0-255 pixels needs far less")
+    own.add_argument("--teacher-logits", metavar="BLOB", help="the teacher prototxt's logits (default: the top "
+                                                               "of its last InnerProduct)")
+    own.add_argument("--student-logits", metavar="BLOB", help="the student prototxt's logits (as --teacher-logits)")
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--scale", type=positive(float), default=1.0,
                        help="multiply every iteration count of the paper by F")
@@ -260,7 +290,7 @@ def check_execution(parser, args):
 
 
 def run_parser():
-    """run_stages.sh DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD [options]"""
+    """run_stages.sh DATASET TEACHER STUDENT METHOD [options]: each net a depth or a prototxt"""
     parser = OneLineParser(prog=PROG)
     add_run_options(parser)
     add_device_options(parser)
@@ -326,7 +356,7 @@ def main(argv=None):
             (run_parser() if command == "run" else reproduce_parser()).parse_args(rest)
     if command == "run":
         if len(rest) < 4 or any(a.startswith("-") for a in rest[:4]):
-            print(f"{PROG}: error: expected DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD first, e.g. "
+            print(f"{PROG}: error: expected DATASET TEACHER STUDENT METHOD first, e.g. "
                   f"'{PROG} digits 14 8 proposed' (see {PROG} --help)", file=sys.stderr)
             return 2
         print(shell_assignments(rest))

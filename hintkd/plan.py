@@ -12,16 +12,17 @@ run with the same settings, and runs at different scales never share a folder:
 """
 import hashlib
 import json
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hintkd import datasets, netgen, read_table, train
+from hintkd import datasets, handoff, netgen, read_table, train, usernet
 from hintkd.atomic import write_json, write_text
 
 METHODS = netgen.REPO / "solvers" / "methods.json"
 POINT_ALIASES = {"middle": "stage2", "last": "stage3"}
-PARAM_LAYER_TYPES = {"Convolution", "BatchNorm", "Scale", "InnerProduct"}
+ROLES = ("teacher", "student")
 
 
 class PlanError(Exception):
@@ -34,6 +35,8 @@ def method_table():
 
 @dataclass
 class RunOptions:
+    """A run's settings. Each net is a 6n+2 ResNet (teacher_depth, student_depth) or
+    a user's prototxt (teacher_net, student_net; the depth is then None)."""
     dataset: str
     teacher_depth: int
     student_depth: int
@@ -53,6 +56,13 @@ class RunOptions:
     tau_squared: bool = None
     regressor: bool = False
     step_iterations: list = None
+    teacher_net: Path = None      # a user's prototxt instead of a ResNet
+    student_net: Path = None
+    teacher_weights: Path = None  # a trained teacher's caffemodel: no teacher training
+    solver: Path = None           # a user's solver for the stages that train with cross-entropy
+    teacher_logits: str = None    # the logits blob of a user's net (default: the last InnerProduct's top)
+    student_logits: str = None
+    hint_lr: float = None         # the learning rate of hint stages, instead of the paper's
 
     def __post_init__(self):
         methods = method_table()
@@ -65,13 +75,27 @@ class RunOptions:
         default = datasets.dataset_info(self.dataset)["widths"]
         self.teacher_widths = tuple(self.teacher_widths or default)
         self.student_widths = tuple(self.student_widths or default)
-        for depth in (self.teacher_depth, self.student_depth):
-            netgen.blocks_per_stage(depth)
+        for role in ROLES:
+            if self.user_net(role) is None:
+                netgen.blocks_per_stage(self.depth(role))
+            elif self.depth(role) is not None:
+                raise PlanError(f"the {role} is a depth or a prototxt, not both")
         kd = netgen.schedule_table()["kd"]
         self.defaults = {"tau": kd["tau"], "lambda": kd["lambda"], "tau_squared": kd["tau_squared"]}
 
     def depth(self, role):
         return self.teacher_depth if role == "teacher" else self.student_depth
+
+    def user_net(self, role):
+        return self.teacher_net if role == "teacher" else self.student_net
+
+    def logits(self, role):
+        return self.teacher_logits if role == "teacher" else self.student_logits
+
+    def net_name(self, role):
+        """resnet26, or the stem of a user's prototxt."""
+        path = self.user_net(role)
+        return Path(path).stem if path else f"resnet{self.depth(role)}"
 
     def widths(self, role):
         return self.teacher_widths if role == "teacher" else self.student_widths
@@ -80,22 +104,43 @@ class RunOptions:
         return f"-scale{self.scale:g}" if self.scale != 1 else ""
 
     def net_id(self, role):
-        suffix = "-zeropad" if self.shortcut == "zero_pad" else ""
-        return f"{role}-resnet{self.depth(role)}-w{'.'.join(map(str, self.widths(role)))}{suffix}{self.scale_suffix()}"
+        """The folder of a net trained alone (shared by every run that needs it)."""
+        if role == "teacher" and self.teacher_weights:  # measured, not trained: no scale, no solver
+            return f"teacher-{self.net_name(role)}-given{usernet.file_digest(self.teacher_weights)}"
+        if self.user_net(role):
+            name = f"{role}-{self.net_name(role)}-{usernet.file_digest(self.user_net(role))}"
+            if self.logits(role):
+                name += f"-logits.{self.logits(role).replace('/', '.')}"
+        else:
+            suffix = "-zeropad" if self.shortcut == "zero_pad" else ""
+            name = f"{role}-resnet{self.depth(role)}-w{'.'.join(map(str, self.widths(role)))}{suffix}"
+        if self.solver:
+            name += f"-solver{usernet.file_digest(self.solver)}"
+        return name + self.scale_suffix()
 
     def run_id(self):
         """The method's folder: depths, non-default widths, a hash of other options."""
         default = datasets.dataset_info(self.dataset)["widths"]
-        name = f"{self.method}-resnet{self.teacher_depth}to{self.student_depth}"
-        for role in ("teacher", "student"):
-            if list(self.widths(role)) != default:
+        if self.teacher_net or self.student_net:
+            name = f"{self.method}-{self.net_name('teacher')}-to-{self.net_name('student')}"
+        else:
+            name = f"{self.method}-resnet{self.teacher_depth}to{self.student_depth}"
+        for role in ROLES:
+            if not self.user_net(role) and list(self.widths(role)) != default:
                 name += f"-{role[0]}w{'.'.join(map(str, self.widths(role)))}"
         options = {k: v for k, v in (("hints", self.hints), ("hint_weights", self.hint_weights),
                                      ("tau", self.tau), ("lambda", self.kd_lambda),
                                      ("tau_squared", self.tau_squared), ("regressor", self.regressor or None),
                                      ("step_iterations", self.step_iterations),
                                      ("shortcut", None if self.shortcut == "projection" else self.shortcut),
-                                     ("seed", None if self.seed == 1 else self.seed)) if v is not None}
+                                     ("seed", None if self.seed == 1 else self.seed),
+                                     *((f"{key}_sha256", usernet.file_digest(path, 16)) for key, path in (
+                                         ("teacher_net", self.teacher_net), ("student_net", self.student_net),
+                                         ("teacher_weights", self.teacher_weights), ("solver", self.solver))
+                                       if path),
+                                     ("teacher_logits", self.teacher_logits), ("student_logits", self.student_logits),
+                                     ("hint_lr", self.hint_lr))
+                   if v is not None}
         if options:
             name += "-" + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
         return name + self.scale_suffix()
@@ -114,7 +159,15 @@ def point_block(net, point):
 
 def param_layers(text):
     """Names of the layers with learned or stored parameters in a rendered net."""
-    return [layer.name for layer in netgen.validate(text).layer if layer.type in PARAM_LAYER_TYPES]
+    return [layer.name for layer in netgen.validate(text).layer if layer.type in usernet.PARAM_TYPES]
+
+
+@dataclass
+class Point:
+    """A hint or guided point of one net: where to cut the net, the stage-net blob, its shape."""
+    cut: object  # a ResNet's block number, or a user's net's blob names
+    blob: str
+    shape: tuple  # (C,) for a ResNet block (its width); (C, H, W) or (C,) for a user's blob
 
 
 class Planner:
@@ -131,6 +184,10 @@ class Planner:
         else:
             raise PlanError(f"no prepared dataset at {opts.data_dir}: run data_prep/prepare.py {opts.dataset} first")
         self.run_dir = Path(opts.out) / opts.dataset / opts.run_id()
+        self.user = {}  # role -> usernet.UserNet, measured on the dataset's images
+        for role in ROLES:
+            if opts.user_net(role):
+                self.user[role] = self._load_user_net(role)
         self.finished = {}   # stage name -> (folder, student blocks it trained)
         self.stages = []
         self.iterations_of = {}  # stage folder -> its max_iter
@@ -138,7 +195,35 @@ class Planner:
         self.labels = {}  # stage folder -> its label
         self.needs = {}  # stage folder -> the stage folders whose weights it starts from
 
+    def image(self):
+        """(channels, size) of the dataset's images."""
+        info = datasets.dataset_info(self.opts.dataset)
+        channels = self.manifest.get("channels", info.get("channels"))
+        size = self.manifest.get("image_size", info.get("image_size"))
+        if not (channels and size):
+            raise PlanError(f"{self.opts.dataset}: the image size comes from the data; prepare it first")
+        return channels, size
+
+    def _load_user_net(self, role):
+        try:
+            net = usernet.UserNet.load(self.opts.user_net(role), role, self.opts.logits(role)).measure(*self.image())
+        except usernet.UserNetError as e:
+            raise PlanError(f"the {role}: {e}") from None
+        classes = net.blob_shape(net.logits_blob)
+        if classes != (self.manifest["num_classes"],):
+            raise PlanError(f"the {role}'s logits '{net.logits_blob}' have shape {classes}, the dataset has "
+                            f"{self.manifest['num_classes']} classes")
+        return net
+
+    def title(self, role):
+        net = self.user.get(role)
+        return net.title if net else f"ResNet-{self.opts.depth(role)}"
+
     def net(self, role, frozen=False, upto=None):
+        """The role's net, frozen or not, cut at `upto` (a block number, or blob names) if given."""
+        if role in self.user:
+            net = replace(self.user[role], frozen=frozen)
+            return net if upto is None else net.upto(upto)
         return netgen.ResNet(role, self.opts.depth(role), self.opts.widths(role), self.manifest["num_classes"],
                              self.opts.shortcut, frozen=frozen, upto=upto,
                              bn_moving_average_fraction=netgen.bn_fraction_for(self.opts.scale))
@@ -153,8 +238,10 @@ class Planner:
         return values[self.opts.dataset]
 
     def inherit(self, weights, role, upto, frozen=False):
-        """The layers of `role` up to block `upto` (all, with the classifier, if None)."""
+        """The layers of `role` up to `upto` (all, with the classifier, if None)."""
         reference = self.net(role, upto=upto)
+        if role in self.user:
+            return {"weights": str(weights), "layers": reference.param_layers(), "frozen": frozen}
         text = netgen.render_net("reference", netgen.DataSpec.input_only(1, 8, self.manifest["num_classes"]),
                                  [reference], [])
         return {"weights": str(weights), "layers": param_layers(text), "frozen": frozen}
@@ -181,8 +268,7 @@ class Planner:
             return
         data = self.data(sched)
         spec = {"method": self.opts.method, **spec, "dataset": self.opts.dataset, "scale": self.opts.scale,
-                "nets": {n.role: {"depth": n.depth, "widths": list(n.widths), "shortcut": n.shortcut,
-                                  "frozen": n.frozen, "blocks": len(n.blocks)} for n in nets},
+                "nets": {n.role: _describe(n) for n in nets},
                 "snapshot_every": sched["snapshot"], "tests": bool(sched["test_interval"])}
         text = netgen.render_net(name, data, nets, heads, comment=spec["label"])
         solver = netgen.render_solver("train_val.prototxt", sched, data, spec["seed"], train.SNAPSHOT_PREFIX,
@@ -191,27 +277,127 @@ class Planner:
 
     # --- stage kinds -------------------------------------------------------
 
+    def schedule(self, kind, max_iter=None):
+        """A stage kind's solver values: the paper's for the dataset, or with --solver the
+        user's for the stages that train with cross-entropy, and for hint stages the paper's
+        hint schedule in proportion to the user's: its iterations as the user's max_iter is
+        to the paper's, its learning rate as the user's base_lr is to the paper's."""
+        if kind == "hint" and self.opts.hint_lr:
+            return dict(self._schedule(kind, max_iter), base_lr=self.opts.hint_lr)
+        return self._schedule(kind, max_iter)
+
+    def _schedule(self, kind, max_iter):
+        if not self.opts.solver:
+            return netgen.schedule(self.opts.dataset, kind, self.opts.scale, max_iter=max_iter)
+        try:
+            user = netgen.user_schedule(self.opts.solver, self.opts.scale)
+        except netgen.GenerateError as e:
+            raise PlanError(str(e)) from None
+        batch = self.user["student"].train_batch if "student" in self.user else None
+        if kind in ("scratch", "sl_step"):
+            if max_iter is not None:
+                user["max_iter"] = netgen.scaled(max_iter, self.opts.scale)
+            return {**netgen.schedule(self.opts.dataset, kind, self.opts.scale), **user,
+                    **({"batch_size": batch} if batch else {})}
+        paper = netgen.schedule(self.opts.dataset, "scratch")
+        ratio = user["unscaled_max_iter"] / paper["max_iter"]
+        sched = netgen.schedule(self.opts.dataset, kind, self.opts.scale,
+                                max_iter=max(1, round(max_iter * ratio)) if max_iter else None)
+        sched["base_lr"] = float(f"{sched['base_lr'] * user['base_lr'] / paper['base_lr']:.7g}")
+        sched["display"] = min(sched["display"], user["display"] or sched["display"])
+        sched["snapshot"] = min(sched["snapshot"], user["snapshot"])
+        return {**sched, **({"batch_size": batch} if batch else {})}
+
     def alone(self, entry):
         role = entry["role"]
         folder = Path(self.opts.out) / self.opts.dataset / self.opts.net_id(role)
-        if self.opts.seed != 1:
+        given = role == "teacher" and self.opts.teacher_weights
+        if self.opts.seed != 1 and not given:
             folder = folder.with_name(folder.name + f"-seed{self.opts.seed}")
         net = self.net(role)
-        sched = netgen.schedule(self.opts.dataset, "scratch", self.opts.scale)
+        sched = self.schedule("scratch")
+        heads = [netgen.Head("cross_entropy", "cross_entropy", logits=net.logits)]
         # A net trained alone is shared by every method that needs it: it belongs to its role.
-        self.add(folder, {"label": f"{role} ResNet-{net.depth}", "stage": "alone", "trains": role, "method": role,
-                          "seed": self.opts.seed, "init": []},
-                 [net], [netgen.Head("cross_entropy", "cross_entropy", logits=net.logits)], sched,
-                 self.opts.net_id(role))
+        spec = {"label": f"{role} {self.title(role)}", "stage": "alone", "trains": role, "method": role,
+                "seed": self.opts.seed, "init": []}
+        if given:
+            spec.update(label=f"teacher {self.title(role)} (given weights)", stage="import",
+                        weights=str(Path(self.opts.teacher_weights).resolve()), rename=self.given_layers(net))
+        elif role in self.user and (layer := self.user[role].unfilled()):
+            raise PlanError(f"the {role} {self.user[role].path.name}: layer '{layer}' has no weight_filler, so Caffe "
+                            "would start it at zero; give the train_val prototxt (it has the fillers)"
+                            + (" or --teacher-weights" if role == "teacher" else ""))
+        self.add(folder, spec, [net], heads, sched, self.opts.net_id(role))
+        if given:
+            self.iterations_of[folder] = 0  # measured once over the test set, not trained
         self.finished[entry["name"]] = (folder, None)
 
+    def given_layers(self, net):
+        """{stage-net layer: its layer in --teacher-weights}, every learned layer found
+        with the shapes the net needs (else a one-line error naming the layer)."""
+        if isinstance(net, usernet.UserNet):
+            shapes = {name: shape for name, shape in net.shapes["params"].items()}
+        else:
+            text = netgen.render_net("reference", netgen.DataSpec.input_only(
+                *self.image(), self.manifest["num_classes"]), [net], [])
+            shapes = netgen.param_shapes(text)
+        try:
+            return handoff.match_layers(shapes, self.opts.teacher_weights, prefix=f"{net.role}/")
+        except handoff.HandoffError as e:
+            raise PlanError(f"--teacher-weights: {e}") from None
+
+    def default_hints(self, entry):
+        if not self.user:
+            return [(p, p) for p in entry["hints"]]
+        if entry["hints"] == ["last"]:  # Hint-KD+: the blobs each classifier reads
+            return [tuple(self.net(role).before_classifier() if role in self.user else "last" for role in ROLES)]
+        raise PlanError(f"method '{self.opts.method}' on a user's net: name its hint and guided blobs with "
+                        "--hints TEACHER_BLOB:STUDENT_BLOB,... (e.g. --hints pool1:pool1,pool2:pool2)")
+
+    def point(self, role, name):
+        """A hint (teacher) or guided (student) point named on the command line."""
+        net = self.net(role)
+        if role in self.user:
+            try:
+                blob = net.check_blob(name)
+            except usernet.UserNetError as e:
+                raise PlanError(f"--hints: {e}") from None
+            return Point((blob,), net.name(blob), net.blob_shape(blob))
+        block = point_block(net, name)
+        stage = (block - 1) // net.n + 1
+        size = math.ceil(self.image()[1] / 2 ** (stage - 1))  # each later stage starts with stride 2
+        return Point(block, net.blocks[block - 1].name, (net.blocks[block - 1].width, size, size))
+
+    def cut(self, role, points):
+        """Where a step cuts a net: the deepest block of a ResNet, every blob of a user's net."""
+        if role in self.user:
+            return tuple(dict.fromkeys(blob for p in points for blob in p.cut))
+        return max(p.cut for p in points)
+
+    def regressor_for(self, number, hint, guided):
+        """A hint's regressor (sec. 4), or None where the blobs already match."""
+        if len(hint.shape) != len(guided.shape) or hint.shape[1:] != guided.shape[1:]:
+            raise PlanError(f"hint {number}: the teacher's '{hint.blob}' has shape {hint.shape}, the student's "
+                            f"'{guided.blob}' {guided.shape}; a hint pairs blobs of the same spatial size")
+        users = bool(self.user)  # a user's nets get a regressor wherever the channels differ
+        if hint.shape == guided.shape and not self.opts.regressor:
+            return None
+        if len(hint.shape) != 3 and users:
+            raise PlanError(f"hint {number}: '{hint.blob}' {hint.shape} and '{guided.blob}' {guided.shape} differ "
+                            "and are not images: a convolutional regressor cannot map one to the other")
+        if not (self.opts.regressor or users):
+            raise PlanError(f"hint {number}: the teacher has {hint.shape[0]} channels there, the "
+                            f"student {guided.shape[0]}; use --regressor")
+        regressor = netgen.schedule_table()["hint"]["regressor"]
+        return {"name": f"student/regressor{number}", "width": hint.shape[0],
+                "kernel_size": regressor["kernel_size"], "std": regressor["std"]}
+
     def hint(self, entry):
-        pairs = self.opts.hints or [(p, p) for p in entry["hints"]]
+        pairs = self.opts.hints or self.default_hints(entry)
         mode = entry["mode"]
         if mode == "single" and len(pairs) != 1:
             raise PlanError(f"method '{self.opts.method}' trains one hint; --hints gave {len(pairs)}")
-        teacher_ref, student_ref = self.net("teacher"), self.net("student")
-        blocks = [(point_block(teacher_ref, t), point_block(student_ref, s)) for t, s in pairs]
+        points = [(self.point("teacher", t), self.point("student", s)) for t, s in pairs]
         weights = self.opts.hint_weights or [1.0] * len(pairs)
         if len(weights) != len(pairs):
             raise PlanError(f"{len(weights)} hint weights for {len(pairs)} hints")
@@ -226,24 +412,17 @@ class Planner:
             steps = [([i], iterations[i]) for i in range(len(pairs))]
         else:
             steps = [(list(range(len(pairs))), iterations)]
-        regressor = netgen.schedule_table()["hint"]["regressor"]
         previous = None
         for number, (indices, max_iter) in enumerate(steps, start=1):
-            teacher_cut = max(blocks[i][0] for i in indices)
-            student_cut = max(blocks[i][1] for i in indices)
+            teacher_cut = self.cut("teacher", [points[i][0] for i in indices])
+            student_cut = self.cut("student", [points[i][1] for i in indices])
             teacher = self.net("teacher", frozen=True, upto=teacher_cut)
             student = self.net("student", upto=student_cut)
             heads = []
             for i in indices:
-                hint_blob = teacher_ref.blocks[blocks[i][0] - 1]
-                guided_blob = student_ref.blocks[blocks[i][1] - 1]
-                extra = {"hint": hint_blob.name, "guided": guided_blob.name, "regressor": None}
-                if hint_blob.width != guided_blob.width or self.opts.regressor:
-                    if not self.opts.regressor:
-                        raise PlanError(f"hint {i + 1}: the teacher has {hint_blob.width} channels there, the "
-                                        f"student {guided_blob.width}; use --regressor")
-                    extra["regressor"] = {"name": f"student/regressor{i + 1}", "width": hint_blob.width,
-                                          "kernel_size": regressor["kernel_size"], "std": regressor["std"]}
+                hint_point, guided_point = points[i]
+                extra = {"hint": hint_point.blob, "guided": guided_point.blob,
+                         "regressor": self.regressor_for(i + 1, hint_point, guided_point)}
                 weight = weights[i] / len(indices) if mode == "concurrent" else 1.0
                 heads.append(netgen.Head("hint", f"hint{i + 1}", weight, extra=extra))
             name = entry["name"] if len(steps) == 1 else f"{entry['name']}-step{number}"
@@ -254,7 +433,7 @@ class Planner:
             elif "from" in entry:
                 init += self.student_init(entry)
             label = f"{self.opts.method} {entry['name']}" + (f" step {number}/{len(steps)}" if len(steps) > 1 else "")
-            sched = netgen.schedule(self.opts.dataset, "hint", self.opts.scale, max_iter=max_iter)
+            sched = self.schedule("hint", max_iter=max_iter)
             self.add(folder, {"label": label, "stage": "stage1", "trains": "student", "seed": self.opts.seed,
                               "init": init, "hints": [list(pairs[i]) for i in indices]},
                      [teacher, student], heads, sched, name)
@@ -263,6 +442,9 @@ class Planner:
 
     def sl(self, entry):
         """SL-ResNet Stage 1: one step per residual module of the student."""
+        if "student" in self.user:
+            raise PlanError(f"method '{self.opts.method}' trains a ResNet's residual modules one by one: "
+                            "give the student as a depth")
         student_ref = self.net("student")
         previous = None
         for block in range(1, len(student_ref.blocks) + 1):
@@ -273,7 +455,7 @@ class Planner:
                                       "num_classes": self.manifest["num_classes"]})
             folder = self.run_dir / f"{entry['name']}-step{block}"
             init = [self.inherit(previous / train.FINAL_WEIGHTS, "student", block - 1)] if previous else []
-            sched = netgen.schedule(self.opts.dataset, "sl_step", self.opts.scale, max_iter=self.iterations(entry))
+            sched = self.schedule("sl_step", max_iter=self.iterations(entry))
             self.add(folder, {"label": f"{self.opts.method} {entry['name']} step {block}/{len(student_ref.blocks)}",
                               "stage": "stage1", "trains": "student", "seed": self.opts.seed, "init": init},
                      [student], [head], sched, folder.name)
@@ -301,7 +483,7 @@ class Planner:
                                             "param_str": json.dumps({"tau": kd["tau"],
                                                                      "tau_squared": kd["tau_squared"]})}))
         init += self.student_init(entry)
-        sched = netgen.schedule(self.opts.dataset, "scratch", self.opts.scale)
+        sched = self.schedule("scratch")
         for k in range(1, self.opts.nets + 1):
             name = f"{entry['name']}-net{k}"
             self.add(self.run_dir / name,
@@ -349,12 +531,27 @@ def planned(opts, write):
     return planner
 
 
+def _describe(net):
+    """A net as stage.json records it."""
+    if isinstance(net, usernet.UserNet):
+        return net.describe()
+    return {"depth": net.depth, "widths": list(net.widths), "shortcut": net.shortcut, "frozen": net.frozen,
+            "blocks": len(net.blocks)}
+
+
 def options_from_args(args):
-    return RunOptions(args.dataset, args.teacher_depth, args.student_depth, args.method,
+    """RunOptions from parsed arguments; a teacher or student given as a prototxt path has no depth."""
+    def split(net):
+        return (None, Path(net).resolve()) if isinstance(net, Path) else (net, None)
+    (teacher_depth, teacher_net), (student_depth, student_net) = split(args.teacher), split(args.student)
+    return RunOptions(args.dataset, teacher_depth, student_depth, args.method,
                       Path(args.data), Path(args.out), args.teacher_widths, args.student_widths,
                       args.shortcut, netgen.quick_scale() if args.quick else args.scale, args.seed, args.nets,
                       args.hints, args.hint_weights, args.tau, args.kd_lambda, args.tau_squared, args.regressor,
-                      args.step_iterations)
+                      args.step_iterations, teacher_net, student_net,
+                      Path(args.teacher_weights).resolve() if args.teacher_weights else None,
+                      Path(args.solver).resolve() if args.solver else None, args.teacher_logits, args.student_logits,
+                      args.hint_lr)
 
 
 def _write_stage(folder, spec, net_text, solver_text):

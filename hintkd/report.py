@@ -496,6 +496,9 @@ def beside_paper(opts):
     """The end of run_stages.sh: this run in each paper table that has exactly its setting, the
     paper's numbers beside ours; else in the closest table that differs only in dataset or depths
     (the paper's numbers then for orientation, as the table says); else which table is closest."""
+    if opts.teacher_net or opts.student_net:
+        return ("Beside the paper: its tables hold its own ResNets, not these nets; analysis/compare_runs.py "
+                "puts runs of several methods side by side.\n")
     exact, closest = [], None
     for name, spec in targets().items():
         methods = [r["method"] for r in spec.get("rows", []) + spec.get("reference", [])]

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from hintkd import caffelog, engine, handoff, netgen
+from hintkd import caffelog, engine, export, handoff, netgen
 from hintkd.atomic import write_json
 
 SNAPSHOT_PREFIX = "snapshots/net"
@@ -225,6 +225,8 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     else:
         caffe.set_device(gpu)
         caffe.set_mode_gpu()
+    if stage["stage"] == "import":
+        return measure_given(stage_dir, stage, caffe, solver_param, engine_line, out)
     solver = caffe.get_solver("solver.prototxt")
 
     snapshots = complete_snapshots(stage_dir)
@@ -246,8 +248,10 @@ def train(stage_dir, gpu=None, out=sys.stdout):
         now = losses(solver.net)
         if not math.isfinite(now["total_loss"]):
             progress.close()
+            advice = (f"; a hint stage that diverges needs a lower --hint-lr (it had {solver_param.base_lr:g})"
+                      if stage.get("hints") else "")
             raise TrainingError(f"stage '{label}': the loss became {now['total_loss']} at iteration {solver.iter} "
-                                f"(log: {log_path})")
+                                f"(log: {log_path}){advice}")
         for record in log_reader.new_tests():
             progress.test(record)
         progress.update(solver.iter, now, learning_rate(solver_param, solver.iter - 1),
@@ -274,6 +278,9 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     tmp = stage_dir / f".{FINAL_WEIGHTS}.tmp"
     solver.net.save(str(tmp))
     os.replace(tmp, stage_dir / FINAL_WEIGHTS)
+    if stage["trains"] == "student" and stage["stage"] in ("alone", "stage2"):
+        folder = export.export_student(stage_dir, stage_dir / FINAL_WEIGHTS)
+        print(f"[{label}] the student for Caffe alone: {folder}", file=out, flush=True)
     summary = summarize(stage_dir, stage, max_iter, started, solver.iter - start_iter,
                         final_losses, loss_weights(solver.net), engine_line)
     if stage.get("tests", True) and (summary["final_test"] or {}).get("iteration") != max_iter:
@@ -292,7 +299,7 @@ def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_lo
     return {
         **{k: stage[k] for k in ("label", "dataset", "method", "stage", "net", "nets", "trains", "seed", "scale",
                                  "hints", "kd") if k in stage},
-        **{k: stage["nets"][stage["trains"]][k] for k in ("depth", "widths")},
+        **{k: v for k, v in stage["nets"][stage["trains"]].items() if k in ("depth", "widths", "prototxt")},
         "iterations": max_iter,
         "final_test": final,
         "best_test": best,
@@ -310,6 +317,35 @@ def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_lo
         "log": str(stage_dir / "caffe.log"),
         "caffemodel": str(stage_dir / FINAL_WEIGHTS),
     }
+
+
+def measure_given(stage_dir, stage, caffe, solver_param, engine_line, out):
+    """A teacher given with its weights: renamed into the stage net's names, loaded and
+    checked layer by layer, and its accuracy measured once over the test set."""
+    started = time.time()
+    final = stage_dir / FINAL_WEIGHTS
+    handoff.write_renamed(stage["weights"], final, stage["rename"])
+    net = caffe.Net("train_val.prototxt", caffe.TEST)
+    handoff.load_initial_weights(net, [{"weights": str(final), "layers": list(stage["rename"])}])
+    batches = solver_param.test_iter[0]
+    totals = {}
+    for _ in range(batches):
+        outputs = net.forward()
+        for name, value in outputs.items():
+            totals[name] = totals.get(name, 0.0) + float(value.sum())
+    test = {"iteration": 0, **{name: total / batches for name, total in totals.items()}}
+    print(f"[{stage['label']}] loaded and checked {len(stage['rename'])} layers from {stage['weights']}; test "
+          + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "iteration"), file=out, flush=True)
+    finished = time.time()
+    summary = {**{k: stage[k] for k in ("label", "dataset", "method", "stage", "trains", "seed", "scale")},
+               **{k: v for k, v in stage["nets"][stage["trains"]].items() if k in ("depth", "widths", "prototxt")},
+               "weights": stage["weights"], "iterations": 0, "final_test": test, "best_test": test,
+               "final_losses": None, "loss_weights": None, "test_points": 1, "engine": engine_line,
+               "started": round(started, 3), "finished": round(finished, 3),
+               "seconds_this_run": round(finished - started, 1), "seconds_per_iter": None,
+               "log": str(stage_dir / "caffe.log"), "caffemodel": str(final)}
+    write_json(stage_dir / SUMMARY, summary)
+    return summary
 
 
 class _LogFollower:
