@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every stage of a method of the paper, in order, on real Caffe.
 #
-#   ./run_stages.sh DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD [options]
+#   ./run_stages.sh DATASET TEACHER STUDENT METHOD [options]   (each net: a depth or a prototxt)
 #   ./run_stages.sh cifar10 26 14 proposed
 #   ./run_stages.sh reproduce TARGET [options]   a table or figure of the paper
 #                                                (analysis/reproduce.py --help)
@@ -17,6 +17,8 @@
 #   --teacher-widths A,B,C / --student-widths A,B,C / --shortcut projection|zero_pad
 #   --hints LIST / --hint-weights LIST / --step-iterations LIST / --regressor
 #   --tau T / --kd-lambda L / --tau-squared      (see generate.py plan --help)
+# Your own nets (docs/own-nets.md): TEACHER and STUDENT as prototxt files,
+#   --teacher-weights FILE / --solver FILE / --hint-lr LR / --teacher-logits BLOB / --student-logits BLOB
 # How the stages run (hintkd/graph.py: each stage once, after the stages it starts from):
 #   --jobs K              K stages at once on this machine (default 1: in order)
 #   --status              each stage's state, iterations and time left; trains nothing

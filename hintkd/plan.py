@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hintkd import datasets, handoff, netgen, read_table, train, usernet
+from hintkd import datasets, engine, handoff, netgen, read_table, train, usernet
 from hintkd.atomic import write_json, write_text
 
 METHODS = netgen.REPO / "solvers" / "methods.json"
@@ -167,7 +167,7 @@ class Point:
     """A hint or guided point of one net: where to cut the net, the stage-net blob, its shape."""
     cut: object  # a ResNet's block number, or a user's net's blob names
     blob: str
-    shape: tuple  # (C,) for a ResNet block (its width); (C, H, W) or (C,) for a user's blob
+    shape: tuple  # (C, H, W) for one image, or (C,) for a vector (a user's InnerProduct top)
 
 
 class Planner:
@@ -207,7 +207,7 @@ class Planner:
     def _load_user_net(self, role):
         try:
             net = usernet.UserNet.load(self.opts.user_net(role), role, self.opts.logits(role)).measure(*self.image())
-        except usernet.UserNetError as e:
+        except (usernet.UserNetError, engine.EngineError) as e:
             raise PlanError(f"the {role}: {e}") from None
         classes = net.blob_shape(net.logits_blob)
         if classes != (self.manifest["num_classes"],):

@@ -485,6 +485,64 @@ def build(study):
     return folder, text
 
 
+# --- runs of your own side by side -------------------------------------------
+
+def run_rows(folders):
+    """Rows of finished runs, in the order given: a teacher-student run's folder (its
+    run.json: Nets 1-K) or a net trained alone (its summary.json; nets alone with the
+    same label given one after another, e.g. seeds 1-3, are one row's Nets 1-3), with
+    the teachers the runs learned from, as (rows, teachers {label: accuracy %})."""
+    rows, teachers = [], {}
+    for folder in map(Path, folders):
+        if (folder / "run.json").exists():
+            run = json.loads((folder / "run.json").read_text())
+            stages = [json.loads((Path(s["folder"]) / train.SUMMARY).read_text()) for s in run["stages"]]
+            nets = [s for s in stages if s.get("stage") == "stage2"]
+            for s in stages:
+                if s.get("trains") == "teacher":
+                    teachers[s["label"]] = 100 * s["final_test"]["accuracy"]
+            label = run["method"]
+        elif (folder / train.SUMMARY).exists():
+            nets = [json.loads((folder / train.SUMMARY).read_text())]
+            label = nets[0]["label"]
+        else:
+            raise ReportError(f"{folder} holds neither run.json nor {train.SUMMARY}: is the run finished?")
+        cells = [Cell(100 * s["final_test"]["accuracy"], 100 * s["best_test"]["accuracy"], "done", s) for s in nets]
+        if rows and rows[-1].label == label and "net" not in nets[0]:
+            rows[-1].cells += cells
+        else:
+            rows.append(Row(label, nets[0].get("method", label), cells, None))
+    return rows, teachers
+
+
+def runs_markdown(rows, teachers, title):
+    """A table of runs: accuracy (%) of each net at its last iteration, mean, std, Welch's p to the next row."""
+    columns = max(len(r.cells) for r in rows)
+    header = ["Method"] + [f"Net {k}" for k in range(1, columns + 1)] + ["Avg.", "Std.", "vs. next row"]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, p in zip(rows, versus_next(rows)):
+        mean, std = row.mean_std()
+        nets = [c.text() for c in row.cells] + ["-"] * (columns - len(row.cells))
+        lines.append("| " + " | ".join([row.label, *nets, _number(mean), _number(std), _versus_text(p)]) + " |")
+    lines += [""] + [f"Teacher: {label}, {value:.2f}%  " for label, value in teachers.items()]
+    lines += ["Accuracy (%) on the test set at the last iteration of each net; Std. over the nets; vs. next row: "
+              f"Welch's two-sided t-test, p < {SIGNIFICANCE:g} reads 'beyond spread'."]
+    return "\n".join(lines) + "\n"
+
+
+def runs_csv(rows):
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["method", "net", "final", "best", "welch_p_vs_next"])
+    for row, p in zip(rows, versus_next(rows)):
+        for k, cell in enumerate(row.cells, start=1):
+            writer.writerow([row.label, k, _number(cell.final, 4), _number(cell.best, 4), ""])
+        mean, std = row.mean_std()
+        writer.writerow([row.label, "avg", _number(mean, 4), "", "" if p is None else f"{p:.4f}"])
+        writer.writerow([row.label, "std", _number(std, 4), "", ""])
+    return out.getvalue()
+
+
 # --- one run beside the paper ------------------------------------------------
 
 def _setting(opts):

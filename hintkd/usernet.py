@@ -221,7 +221,8 @@ class UserNet:
             declared = tuple(self.input_shape)
             given = (channels, image_size, image_size)
             if any(d is not None and d != g for d, g in zip(declared, given)):
-                raise UserNetError(f"{self.path.name}: its input is {'x'.join(map(str, declared))} (CxHxW), the "
+                raise UserNetError(f"{self.path.name}: its input is {'x'.join(str(d or '?') for d in declared)} "
+                                   f"(CxHxW), the "
                                    f"dataset's images are {'x'.join(map(str, given))}; the toolkit does not resize")
         from google.protobuf import text_format
         whole = replace(self, cut=None, frozen=False)

@@ -247,3 +247,23 @@ def test_a_resnet_teacher_from_a_file(digits_data, tmp_path, caffe, saved_depth,
 def _digest(path):
     from hintkd import usernet
     return usernet.file_digest(path)
+
+
+def test_compare_runs_puts_the_methods_side_by_side(proposed, tmp_path):
+    """analysis/compare_runs.py: each net's accuracy from its summary, mean, std, Welch's p,
+    the teacher; a folder that holds no finished run is an error."""
+    _, folders = proposed
+    run_dir = folders["stage2-net1"].parent
+    nets = [100 * json.loads((folders[f"stage2-net{k}"] / "summary.json").read_text())["final_test"]["accuracy"]
+            for k in (1, 2)]
+    result = python(REPO / "analysis" / "compare_runs.py", run_dir, run_dir, "--out", tmp_path, "--title", "Ours")
+    table = (tmp_path / "table.md").read_text()
+    assert table in result.stdout and table.startswith("### Ours\n")
+    row = f"| proposed | {nets[0]:.2f} | {nets[1]:.2f} | {np.mean(nets):.2f} | {np.std(nets, ddof=1):.2f} |"
+    assert f"{row} p=1.000, within spread |" in table  # the same nets twice
+    assert table.count(row) == 2
+    teacher = next(f for name, f in folders.items() if name.startswith("teacher-"))
+    accuracy = 100 * json.loads((teacher / "summary.json").read_text())["final_test"]["accuracy"]
+    assert f"Teacher: teacher cifar10_full_train_test, {accuracy:.2f}%" in table
+    missing = python(REPO / "analysis" / "compare_runs.py", tmp_path / "nothing", check=False)
+    assert missing.returncode == 1 and "holds neither run.json nor summary.json" in missing.stderr
