@@ -170,6 +170,15 @@ def schedule(dataset, kind="scratch", scale=1.0, max_iter=None):
 # The lr_policy fields of a user's solver that count iterations, scaled as max_iter is.
 POLICY_ITERATION_FIELDS = ("stepsize",)
 POLICY_FIELDS = ("gamma", "power") + POLICY_ITERATION_FIELDS
+# Fields of a user's solver that the stage sets itself (its net, tests, snapshots, seed, device),
+# or that schedule() carries; every other field set there (clip_gradients, iter_size, Adam's
+# momentum2, ...) goes into the stage's solver as it is written.
+STAGE_SOLVER_FIELDS = {"net", "net_param", "train_net", "test_net", "train_net_param", "test_net_param",
+                       "train_state", "test_state", "test_iter", "test_interval", "test_compute_loss",
+                       "test_initialization", "snapshot", "snapshot_prefix", "snapshot_diff", "snapshot_format",
+                       "snapshot_after_train", "solver_mode", "device_id", "random_seed", "type", "solver_type",
+                       "base_lr", "lr_policy", "momentum", "weight_decay", "max_iter", "stepvalue", "display",
+                       *POLICY_FIELDS}
 
 
 def user_schedule(path, scale):
@@ -188,13 +197,23 @@ def user_schedule(path, scale):
     s = {"type": p.type or "SGD", "base_lr": real(p.base_lr), "lr_policy": p.lr_policy or "fixed",
          "momentum": real(p.momentum), "weight_decay": real(p.weight_decay), "max_iter": scaled(p.max_iter, scale),
          "unscaled_max_iter": p.max_iter, "stepvalue": [scaled(v, scale) for v in p.stepvalue],
-         "test_interval": scaled(p.test_interval, scale) if p.test_interval else 0,
-         "display": scaled(p.display, scale) if p.display else 0,
          "snapshot": scaled(p.snapshot or p.max_iter, scale)}
+    for key in ("test_interval", "display"):  # unset: the dataset's, as schedule() gives them
+        if getattr(p, key):
+            s[key] = scaled(getattr(p, key), scale)
     for key in POLICY_FIELDS:
         if p.HasField(key):
             value = getattr(p, key)
             s[key] = scaled(value, scale) if key in POLICY_ITERATION_FIELDS else real(value)
+    from google.protobuf import text_format
+    rest = engine.caffe_pb2().SolverParameter()
+    for descriptor, value in p.ListFields():
+        if descriptor.name not in STAGE_SOLVER_FIELDS:
+            if descriptor.label == descriptor.LABEL_REPEATED:
+                getattr(rest, descriptor.name).extend(value)
+            else:
+                setattr(rest, descriptor.name, value)
+    s["extra"] = text_format.MessageToString(rest).strip()
     return s
 
 

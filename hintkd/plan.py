@@ -304,7 +304,7 @@ class Planner:
         sched = netgen.schedule(self.opts.dataset, kind, self.opts.scale,
                                 max_iter=max(1, round(max_iter * ratio)) if max_iter else None)
         sched["base_lr"] = float(f"{sched['base_lr'] * user['base_lr'] / paper['base_lr']:.7g}")
-        sched["display"] = min(sched["display"], user["display"] or sched["display"])
+        sched["display"] = min(sched["display"], user.get("display", sched["display"]))
         sched["snapshot"] = min(sched["snapshot"], user["snapshot"])
         return {**sched, **({"batch_size": batch} if batch else {})}
 

@@ -41,9 +41,9 @@ def layers(folder):
     return {layer.name: layer for layer in _net(folder / "train_val.prototxt").layer}
 
 
-def _net(path):
+def _net(path, message="NetParameter"):
     from google.protobuf import text_format
-    return text_format.Parse(Path(path).read_text(), engine.caffe_pb2().NetParameter())
+    return text_format.Parse(Path(path).read_text(), getattr(engine.caffe_pb2(), message)())
 
 
 def stage_folders(result):
@@ -267,3 +267,23 @@ def test_compare_runs_puts_the_methods_side_by_side(proposed, tmp_path):
     assert f"Teacher: teacher cifar10_full_train_test, {accuracy:.2f}%" in table
     missing = python(REPO / "analysis" / "compare_runs.py", tmp_path / "nothing", check=False)
     assert missing.returncode == 1 and "holds neither run.json nor summary.json" in missing.stderr
+
+
+def test_a_users_solver_keeps_its_own_fields(out, tmp_path):
+    """--solver: the policy and its iteration counts scaled, every field the stage does not set
+    itself passed on as written (Adam's momentum2, clip_gradients, iter_size), the stage's own
+    net, tests, snapshots and device kept; a solver without tests gets the dataset's test interval."""
+    solver = tmp_path / "adam.prototxt"
+    solver.write_text('base_lr: 0.01 lr_policy: "step" stepsize: 1000 gamma: 0.5 max_iter: 3000 type: "Adam" '
+                      'momentum: 0.9 momentum2: 0.995 clip_gradients: 10 iter_size: 2 snapshot_prefix: "mine" '
+                      'solver_mode: GPU net: "elsewhere.prototxt"')
+    printed = python(REPO / "generate.py", "plan", "cifar10", FULL, QUICK, "student", "--solver", solver,
+                     "--scale", "0.5", "--data", out / "data" / "cifar10", "--out", tmp_path / "runs").stdout.split()
+    written = Path(printed[-1]) / "solver.prototxt"
+    stage = _net(written, "SolverParameter")
+    assert (stage.type, stage.lr_policy, stage.stepsize, stage.max_iter) == ("Adam", "step", 500, 1500)
+    assert (stage.momentum2, stage.clip_gradients, stage.iter_size) == (pytest.approx(0.995), 10, 2)
+    assert (stage.net, stage.snapshot_prefix) == ("train_val.prototxt", "snapshots/net")
+    assert "solver_mode" not in written.read_text()  # the device is the run's (--gpu), not the file's
+    assert stage.test_interval == 500 and stage.test_iter == [2]  # cifar10's 1,000 at scale 0.5; 200 images
+

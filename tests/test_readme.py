@@ -43,19 +43,6 @@ def test_the_readme_quotes_the_kept_study():
         assert f"| {statistics.mean(values):.2f}" in readme, f"{method}: average {statistics.mean(values):.2f}"
 
 
-def test_the_readme_quotes_the_kept_study_of_bvlc_nets():
-    """The README's table of BVLC's cifar10_full -> cifar10_quick is the kept table.md, row by row."""
-    kept = (REPO / "analysis" / "studies" / OWN_NETS_STUDY / "table.md").read_text()
-    readme = (REPO / "README.md").read_text()
-    rows = [line for line in kept.splitlines() if line.startswith("| ")]
-    assert len(rows) == 5  # the header and four methods
-    for line in rows + [line for line in kept.splitlines() if line.startswith("Teacher: ")]:
-        assert line.rstrip() in readme, line
-
-
-OWN_NETS_STUDY = "own-nets-cifar10_full-to-cifar10_quick-scale0.5"
-
-
 def same_machine(recorded):
     here = measured.machine()
     return all(here[key] == recorded[key] for key in ("cpu", "cores", "threads", "engine"))
