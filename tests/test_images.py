@@ -53,7 +53,7 @@ def test_the_image_is_the_toolkit_run_as_a_user_with_volumes(image):
 
 def test_help_by_default_and_a_wrong_input_in_one_line(image):
     shown = images.run(image)
-    assert shown.returncode == 0 and "./run_stages.sh DATASET TEACHER_DEPTH STUDENT_DEPTH METHOD" in shown.stdout
+    assert shown.returncode == 0 and "./run_stages.sh DATASET TEACHER STUDENT METHOD" in shown.stdout
     wrong = images.run(image, ["digits", "14", "8", "distill"])
     assert wrong.returncode == 2 and wrong.stdout == ""
     (line,) = wrong.stderr.strip().splitlines()  # one line, and nothing was started
