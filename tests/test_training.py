@@ -173,8 +173,11 @@ def test_a_stopped_driver_exits_75_and_resumes(digits_data, tmp_path, signum, to
     os.symlink(digits_data, tmp_path / "data" / "digits")
     args = [RUN_STAGES, "digits", "14", "8", "student", "--scale", "0.5", "--jobs", str(jobs), "--out", str(tmp_path)]
     stage = tmp_path / "digits" / "student-resnet8-w16.32.64-scale0.5"  # 600 iterations, a snapshot every 50
+    # As from a terminal: SIGINT at its default even where the test runs in the background of a
+    # shell, whose children inherit it ignored (Python then raises no KeyboardInterrupt).
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+                              start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (stage.exists() and train.complete_snapshots(stage)) and time.time() < deadline:
         time.sleep(0.02)
