@@ -50,9 +50,8 @@ def export_student(stage_dir, weights):
 
     folder = stage_dir / FOLDER
     folder.mkdir(exist_ok=True)
-    stored = set(handoff.read_caffemodel(weights))
-    handoff.write_renamed(weights, folder / "student.caffemodel",
-                          {_own_name(name): name for name in kept if name in stored})
+    # Layers without weights (ReLU, Pooling) are not in the file and so not written.
+    handoff.write_renamed(weights, folder / "student.caffemodel", {_own_name(name): name for name in kept})
     write_text(folder / "deploy.prototxt",
                f"# The trained student, for Caffe alone: weights student.caffemodel, input as preprocessing.json says\n"
                + text_format.MessageToString(deploy))

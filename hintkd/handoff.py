@@ -49,8 +49,7 @@ def match_layers(shapes, path, prefix):
     param = _read_net(path)
     if param.layers:
         raise HandoffError(f"{path} is in Caffe's V1 format: upgrade it with Caffe's upgrade_net_proto_binary")
-    stored = {layer.name: [_blob_shape(b) for b in layer.blobs] for layer in (param.layer or param.layers)
-              if layer.blobs}
+    stored = {layer.name: [_blob_shape(b) for b in layer.blobs] for layer in param.layer if layer.blobs}
     found = {}
     for name, wanted in shapes.items():
         rest = name[len(prefix):] if name.startswith(prefix) else name

@@ -186,9 +186,7 @@ def user_schedule(path, scale):
     Caffe has, its iteration counts times scale (unscaled_max_iter keeps the original)."""
     try:
         p = validate(Path(path).read_text(), "SolverParameter")
-    except OSError as e:
-        raise GenerateError(f"--solver {path}: {e}") from None
-    except GenerateError as e:
+    except (OSError, GenerateError) as e:
         raise GenerateError(f"--solver {path}: {e}") from None
     if not p.max_iter:
         raise GenerateError(f"--solver {path}: no max_iter")

@@ -10,6 +10,7 @@ run with the same settings, and runs at different scales never share a folder:
     OUT/DATASET/proposed-resnet26to14/stage1-step2/         Stage 1, step 2 of 3
     OUT/DATASET/proposed-resnet26to14/stage2-net3/          Stage 2 of Net 3
 """
+import functools
 import hashlib
 import json
 import math
@@ -286,13 +287,18 @@ class Planner:
             return dict(self._schedule(kind, max_iter), base_lr=self.opts.hint_lr)
         return self._schedule(kind, max_iter)
 
+    @functools.cached_property
+    def user_solver(self):
+        """--solver's values, read once for every stage."""
+        try:
+            return netgen.user_schedule(self.opts.solver, self.opts.scale)
+        except netgen.GenerateError as e:
+            raise PlanError(str(e)) from None
+
     def _schedule(self, kind, max_iter):
         if not self.opts.solver:
             return netgen.schedule(self.opts.dataset, kind, self.opts.scale, max_iter=max_iter)
-        try:
-            user = netgen.user_schedule(self.opts.solver, self.opts.scale)
-        except netgen.GenerateError as e:
-            raise PlanError(str(e)) from None
+        user = dict(self.user_solver)
         batch = self.user["student"].train_batch if "student" in self.user else None
         if kind in ("scratch", "sl_step"):
             if max_iter is not None:

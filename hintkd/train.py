@@ -299,7 +299,7 @@ def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_lo
     return {
         **{k: stage[k] for k in ("label", "dataset", "method", "stage", "net", "nets", "trains", "seed", "scale",
                                  "hints", "kd") if k in stage},
-        **{k: v for k, v in stage["nets"][stage["trains"]].items() if k in ("depth", "widths", "prototxt")},
+        **trained_net(stage),
         "iterations": max_iter,
         "final_test": final,
         "best_test": best,
@@ -317,6 +317,11 @@ def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_lo
         "log": str(stage_dir / "caffe.log"),
         "caffemodel": str(stage_dir / FINAL_WEIGHTS),
     }
+
+
+def trained_net(stage):
+    """What names the net a stage trains: a ResNet's depth and widths, or a user's prototxt."""
+    return {k: v for k, v in stage["nets"][stage["trains"]].items() if k in ("depth", "widths", "prototxt")}
 
 
 def measure_given(stage_dir, stage, caffe, solver_param, engine_line, out):
@@ -338,8 +343,7 @@ def measure_given(stage_dir, stage, caffe, solver_param, engine_line, out):
           + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "iteration"), file=out, flush=True)
     finished = time.time()
     summary = {**{k: stage[k] for k in ("label", "dataset", "method", "stage", "trains", "seed", "scale")},
-               **{k: v for k, v in stage["nets"][stage["trains"]].items() if k in ("depth", "widths", "prototxt")},
-               "weights": stage["weights"], "iterations": 0, "final_test": test, "best_test": test,
+               **trained_net(stage), "weights": stage["weights"], "iterations": 0, "final_test": test, "best_test": test,
                "final_losses": None, "loss_weights": None, "test_points": 1, "engine": engine_line,
                "started": round(started, 3), "finished": round(finished, 3),
                "seconds_this_run": round(finished - started, 1), "seconds_per_iter": None,

@@ -11,6 +11,7 @@ BatchNorm statistics and runs without Dropout (Caffe's Dropout is the identity
 at test time), as the ResNet teacher does.
 """
 import copy
+import functools
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +33,16 @@ class UserNetError(Exception):
 
 
 def file_digest(path, length=8):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:length]
+    """The start of a file's sha256; a file is read once while its size and time stay the same
+    (run folders are named by it, and a teacher's caffemodel can be large)."""
+    stat = Path(path).stat()
+    return _digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)[:length]
+
+
+@functools.lru_cache(maxsize=None)
+def _digest(path, size, mtime_ns):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _dropped(layer, logits):
