@@ -43,6 +43,20 @@ def test_the_readme_quotes_the_kept_study():
         assert f"| {statistics.mean(values):.2f}" in readme, f"{method}: average {statistics.mean(values):.2f}"
 
 
+def test_the_readme_and_own_nets_quote_the_kept_study_of_bvlcs_nets():
+    """The study of BVLC's nets: the README's averages and docs/own-nets.md's nets are the kept CSV's."""
+    kept = REPO / "analysis" / "studies" / "own-nets-cifar10_full-to-cifar10_quick"
+    rows = list(csv.DictReader(open(kept / "table.csv")))
+    readme, own_nets = ((REPO / name).read_text() for name in ("README.md", "docs/own-nets.md"))
+    methods = {r["method"] for r in rows}
+    assert len(methods) == 4
+    for method in methods:
+        values = [float(r["final"]) for r in rows if r["method"] == method and r["net"] not in ("avg", "std")]
+        numbers = f"| {statistics.mean(values):.2f} | {statistics.stdev(values):.2f} |"
+        assert numbers in readme, f"{method}: {numbers}"
+        assert "| " + " | ".join(f"{v:.2f}" for v in values) + " " + numbers in own_nets, method
+
+
 def same_machine(recorded):
     here = measured.machine()
     return all(here[key] == recorded[key] for key in ("cpu", "cores", "threads", "engine"))
