@@ -2,7 +2,7 @@
 them with Caffe's own caffe_pb2 (the single source of truth for field names)."""
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -58,6 +58,7 @@ class ResNet:
     shortcut: str = "projection"
     frozen: bool = False
     upto: int = None
+    train_only: bool = False  # left out of the test passes (render_net decides)
     bn_moving_average_fraction: float = BN_MOVING_AVERAGE_FRACTION
 
     def __post_init__(self):
@@ -142,6 +143,13 @@ class Head:
     weight: float = 1.0
     logits: str = ""
     extra: dict = field(default_factory=dict)
+    train_only: bool = False  # reads a net left out of the test passes (render_net decides)
+
+    @property
+    def roles(self):
+        """The roles ("teacher", "student") of the blobs this head reads."""
+        blobs = [self.logits] + [self.extra.get(k) for k in ("teacher_logits", "hint", "guided")]
+        return {blob.split("/")[0] for blob in blobs if blob}
 
 
 def schedule_table():
@@ -254,8 +262,27 @@ def with_input_layer(text, shape, force_backward=False):
     return text_format.MessageToString(net)
 
 
+def in_every_phase(text):
+    """A train_val net's text with every layer but its Data layers in both phases: its test
+    passes as they were before render_net left a frozen teacher out of them."""
+    from google.protobuf import text_format
+    net = validate(text)
+    for layer in net.layer:
+        if layer.type != "Data":
+            del layer.include[:]
+    return text_format.MessageToString(net)
+
+
 def render_net(name, data, nets, heads, comment=""):
+    """A train_val net. Where the test passes measure a net's accuracy, a frozen net they
+    do not read (the teacher beside its student) and the heads that read it (KD, hints)
+    are TRAIN-only: the test passes then cost the student's forward pass alone."""
     reads_label = any(head.kind in LABEL_HEADS for head in heads)
+    tested = [head.logits for head in heads if head.kind in LABEL_HEADS]
+    untested = {net.role for net in nets
+                if tested and net.frozen and not any(logits.startswith(f"{net.role}/") for logits in tested)}
+    nets = [replace(net, train_only=net.role in untested) for net in nets]
+    heads = [replace(head, train_only=bool(head.roles & untested)) for head in heads]
     text = _env.get_template("train_val.prototxt.j2").render(
         name=name, data=data, nets=nets, heads=heads, comment=comment, reads_label=reads_label)
     validate(text, "NetParameter")

@@ -64,6 +64,7 @@ class UserNet:
     train_batch: int = None  # the batch of its TRAIN data layer, if any
     frozen: bool = False
     cut: tuple = None
+    train_only: bool = False  # left out of the test passes (netgen.render_net decides)
     shapes: dict = field(default=None, repr=False)  # blob -> shape and layer -> param shapes, set by measure()
 
     @classmethod
@@ -214,6 +215,8 @@ class UserNet:
                     layer.param.add(lr_mult=0, decay_mult=0)
                 if layer.type == "BatchNorm":
                     layer.batch_norm_param.use_global_stats = True
+            if self.train_only:
+                layer.include.add(phase=engine.caffe_pb2().TRAIN)
             out.append(layer)
         return out
 

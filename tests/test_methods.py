@@ -177,6 +177,38 @@ def test_nets_share_stage1_weights_and_differ_elsewhere(methods_out, tmp_path):
     assert not np.array_equal(one["param:student/fc:0"], two["param:student/fc:0"])
 
 
+def accuracy_over_test_set(caffe, net_text, folder, batches):
+    """The mean test accuracy of a net text over `batches` test batches, with the stage's final weights."""
+    path = folder / "check_test.prototxt"
+    path.write_text(net_text)
+    net = caffe.Net(str(path), caffe.TEST, weights=str(folder / train.FINAL_WEIGHTS))
+    accuracies = [float(net.forward()["accuracy"]) for _ in range(batches)]  # forward() returns the blobs: copy
+    path.unlink()
+    return float(np.mean(accuracies)), set(net.outputs)
+
+
+@pytest.mark.parametrize("method", ["kd", "proposed"])
+def test_test_passes_leave_the_teacher_out_and_measure_the_same(methods_out, caffe, method):
+    """A Stage 2 net's test passes run the student alone: the frozen teacher and the
+    KD head are TRAIN-only, and the accuracy is the one the same net measures with the
+    teacher put back into them (and the one Caffe logged at the last iteration)."""
+    run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
+    folder = [f for f in stage_folders(methods_out, method) if f.name == "stage2-net1"][0]
+    net = netgen.validate((folder / "train_val.prototxt").read_text())
+    train_only = {layer.name for layer in net.layer if [r.phase for r in layer.include] == [caffe.TRAIN]}
+    teacher = {layer.name for layer in net.layer if layer.name.startswith("teacher/")}
+    assert teacher and teacher | {"kd"} <= train_only
+    assert not any(name.startswith("student/") for name in train_only)
+    with_teacher = netgen.in_every_phase((folder / "train_val.prototxt").read_text())
+    batches = netgen.validate((folder / "solver.prototxt").read_text(), "SolverParameter").test_iter[0]
+    alone, outputs = accuracy_over_test_set(caffe, (folder / "train_val.prototxt").read_text(), folder, batches)
+    both, outputs_with_teacher = accuracy_over_test_set(caffe, with_teacher, folder, batches)
+    assert outputs == {"accuracy", "cross_entropy"} and "kd" in outputs_with_teacher
+    assert alone == both
+    logged = json.loads((folder / "summary.json").read_text())["final_test"]["accuracy"]
+    assert alone == pytest.approx(logged, abs=1e-5)
+
+
 def test_a_layer_missing_from_the_source_stops_the_handoff(methods_out):
     run([RUN_STAGES, "digits", "14", "8", "proposed", "--scale", SCALE, "--out", str(methods_out)])
     folder = [f for f in stage_folders(methods_out, "proposed") if f.name == "stage1-step2"][0]

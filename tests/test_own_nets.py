@@ -84,6 +84,12 @@ def test_the_proposed_method_trains_bvlc_nets_layer_by_layer(proposed):
         for layer in layers(folders[name]).values():
             if layer.name.startswith("teacher/") and layer.type in ("Convolution", "InnerProduct"):
                 assert [(p.lr_mult, p.decay_mult) for p in layer.param] == [(0, 0), (0, 0)], layer.name
+    # Stage 2's test passes measure the student alone: the teacher and the KD head train only.
+    for name, layer in layers(folders["stage2-net1"]).items():
+        if name.startswith("teacher/") or name == "kd":
+            assert [r.phase for r in layer.include] == [engine.caffe_pb2().TRAIN], name
+        elif name.startswith("student/"):
+            assert not layer.include, name
     # Nets 1-2 start from the same Stage 1 and learn beyond chance with the KD heads.
     for k in (1, 2):
         spec = json.loads((folders[f"stage2-net{k}"] / "stage.json").read_text())
