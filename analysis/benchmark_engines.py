@@ -2,6 +2,7 @@
 """Training speed of the fast CPU build, the stock build and PyTorch on the same nets.
 
     analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch] [--portable]
+                                  [--shared ResNet-20]
 
 One whole training step (forward, backward, SGD update with momentum and weight
 decay) at batch 128 of 32x32x3 images, for each 6n+2 ResNet as the planner
@@ -21,6 +22,11 @@ Also measured in the same rounds: the machine's sgemm rate (oneDNN's sgemm,
 teacher's share of a Stage 2 step (proposed, --stage2 teacher,student depths)
 in both Caffe builds. Every engine uses OMP_NUM_THREADS threads (all cores by
 default).
+
+With --shared NET, the cores shared, for the fast build and PyTorch, in the same
+rounds: the net's step alone; two processes of the engine stepping at once (their
+throughput against the same two one after the other: 1.00 means no loss); and one
+busy process (a Python loop) beside it (its step's time against alone's).
 """
 import argparse
 import ctypes
@@ -182,6 +188,7 @@ def serve(handlers):
 class Worker:
     def __init__(self, name, argv, env):
         self.name = name
+        self.env = env
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env=dict(os.environ, **env))
         self.ask_line()
@@ -198,9 +205,31 @@ class Worker:
     def time(self, what, label, steps):
         return self.ask_line({"what": what, "label": label, "steps": steps})["seconds"]
 
+    def send(self, what, label, steps):
+        self.process.stdin.write(json.dumps({"what": what, "label": label, "steps": steps}) + "\n")
+        self.process.stdin.flush()
+
+    def received(self):
+        return self.ask_line()["seconds"]
+
     def close(self):
         self.process.stdin.close()
         self.process.wait()
+
+
+def shared_cores(worker, twin, label, steps):
+    """(alone, two at once, beside a busy process) seconds per step of one engine on one net."""
+    alone = worker.time("step", label, steps)
+    worker.send("step", label, steps)
+    twin.send("step", label, steps)
+    together = max(worker.received(), twin.received())
+    busy = subprocess.Popen([engine.SYSTEM_PYTHON, "-c", "while True: pass"])
+    try:
+        beside = worker.time("step", label, steps)
+    finally:
+        busy.kill()
+        busy.wait()
+    return alone, together, beside
 
 
 # --- the machine's limit -------------------------------------------------------
@@ -252,6 +281,7 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--portable", action="store_true",
                         help="also the portable fast build (HINTKD_PORTABLE=1, as in the images), built if missing")
+    parser.add_argument("--shared", metavar="NET", help="also the shared-core cases on this net (e.g. ResNet-20)")
     parser.add_argument("--worker", choices=("caffe", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--nets", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -282,6 +312,11 @@ def main(argv=None):
         if not args.no_torch:
             argv = [str(torch_python())] + me[1:] + [json.dumps(specs), "--worker", "torch"]
             workers["pytorch"] = Worker("pytorch", argv, env)
+        if args.shared and args.shared not in nets:
+            raise SystemExit(f"benchmark_engines.py: --shared {args.shared}: not one of {', '.join(nets)}")
+        twins = {name: Worker(f"second {name}", workers[name].process.args, workers[name].env)
+                 for name in ("fast", "pytorch") if args.shared and name in workers}
+        shared = {name: [] for name in twins}
         resnets = [f"ResNet-{d}" for d in depths]
         stage2_label = next(label for label in nets if label.startswith("Stage 2"))
         times = {(w, label): [] for w in workers for label in nets}
@@ -300,8 +335,11 @@ def main(argv=None):
                         times[name, label].append(seconds)
                     if label == stage2_label and record:
                         teacher[name].append(worker.time("teacher", label, args.steps))
+            for name, twin in twins.items():
+                cases = shared_cores(workers[name], twin, args.shared, args.steps)
+                shared[name].append(cases) if record else None
             print(f"round {round_}/{args.rounds} done{'' if record else ' (warm-up)'}", file=sys.stderr, flush=True)
-        for worker in workers.values():
+        for worker in [*workers.values(), *twins.values()]:
             worker.close()
 
     peak = statistics.median(peaks)
@@ -330,6 +368,15 @@ def main(argv=None):
     for name in ("stock", "fast"):
         share = statistics.median(teacher[name]) / median[name, stage2_label]
         print(f"teacher's share of a {stage2_label} step, {name} build: {share:.0%}")
+    if shared:
+        print(f"\nshared cores, {args.shared}, {threads} threads a process (goals: alone >= 0.95x today's; "
+              f"two at once >= 0.90 of one after the other; beside a busy process <= 2.2x alone)")
+        print(f"{'engine':<10} {'alone s/step':>12} {'two at once s/step':>19} {'throughput vs in turn':>22} "
+              f"{'beside busy s/step':>19} {'x alone':>8}")
+        for name, cases in shared.items():
+            alone, together, beside = (statistics.median(c[i] for c in cases) for i in range(3))
+            print(f"{name:<10} {alone:>12.3f} {together:>19.3f} {2 * alone / together:>22.2f} "
+                  f"{beside:>19.3f} {beside / alone:>8.2f}")
     return 0
 
 
