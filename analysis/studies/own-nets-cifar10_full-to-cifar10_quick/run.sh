@@ -5,7 +5,7 @@
 # every method with --teacher-weights; every student stage follows BVLC's quick schedule at 0.4
 # (2,000 iterations) with clip_gradients 10; the student alone as seeds 1-3. Finished stages are
 # kept: run it again to resume. Ends with the table (OUT/table/table.md), as kept here.
-set -eu
+set -eu -o pipefail
 OUT=${1:-$HOME/runs/own-nets-study}
 N=tests/nets/bvlc_cifar10
 T=$N/cifar10_full_train_test.prototxt
@@ -14,13 +14,18 @@ SOURCE=(--source ../shared/data/cifar10-jpeg.tar.gz)
 ./run_stages.sh cifar10 $T $S teacher --solver $N/cifar10_full_70000_solver.prototxt --scale 0.2 "${SOURCE[@]}" --out "$OUT"
 W=$(ls -d "$OUT"/cifar10/teacher-cifar10_full_train_test-*-scale0.2)/final.caffemodel
 STUDENT=(--solver $N/cifar10_quick_5000_clip10_solver.prototxt --scale 0.4 "${SOURCE[@]}" --out "$OUT")
+ROWS=()
+row() {  # run_stages.sh ARGS..., its run folder kept as a row of the table
+  local printed
+  printed=$(./run_stages.sh "$@" | tee /dev/stderr)
+  ROWS+=("$(dirname "$(sed -n 's/^run summary: //p' <<< "$printed" | tail -1)")")
+}
 for seed in 1 2 3; do
-  ./run_stages.sh cifar10 $T $S student --seed $seed "${STUDENT[@]}"
+  row cifar10 $T $S student --seed $seed "${STUDENT[@]}"
 done
 HINTED=(--teacher-weights "$W" --hint-lr 1e-8 "${STUDENT[@]}")
-./run_stages.sh cifar10 $T $S kd "${HINTED[@]}"
-./run_stages.sh cifar10 $T $S hint-kd --hints pool2:pool2 "${HINTED[@]}"
-./run_stages.sh cifar10 $T $S proposed --hints pool1:pool1,pool2:pool2,pool3:pool3 "${HINTED[@]}"
-R=$OUT/cifar10
-analysis/compare_runs.py $R/student-* $R/kd-* $R/hint-kd-* $R/proposed-* --out "$OUT/table" \
+row cifar10 $T $S kd "${HINTED[@]}"
+row cifar10 $T $S hint-kd --hints pool2:pool2 "${HINTED[@]}"
+row cifar10 $T $S proposed --hints pool1:pool1,pool2:pool2,pool3:pool3 "${HINTED[@]}"
+analysis/compare_runs.py "${ROWS[@]}" --out "$OUT/table" \
     --title "BVLC cifar10_full -> cifar10_quick on CIFAR-10, clip_gradients 10"
