@@ -191,26 +191,25 @@ class Worker:
         self.env = env
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env=dict(os.environ, **env))
-        self.ask_line()
+        self.read_line()  # ready
 
-    def ask_line(self, request=None):
-        if request is not None:
-            self.process.stdin.write(json.dumps(request) + "\n")
-            self.process.stdin.flush()
+    def read_line(self):
         line = self.process.stdout.readline()
         if not line:
             raise SystemExit(f"benchmark_engines.py: the {self.name} worker stopped (exit {self.process.wait()})")
         return json.loads(line)
 
-    def time(self, what, label, steps):
-        return self.ask_line({"what": what, "label": label, "steps": steps})["seconds"]
-
     def send(self, what, label, steps):
+        """Asks for a timing; received() reads it (two workers can time at once)."""
         self.process.stdin.write(json.dumps({"what": what, "label": label, "steps": steps}) + "\n")
         self.process.stdin.flush()
 
     def received(self):
-        return self.ask_line()["seconds"]
+        return self.read_line()["seconds"]
+
+    def time(self, what, label, steps):
+        self.send(what, label, steps)
+        return self.received()
 
     def close(self):
         self.process.stdin.close()

@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,6 +30,7 @@ engine.use_system_python()
 
 import numpy as np  # noqa: E402
 
+from analysis.benchmark_engines import timed  # noqa: E402
 from hintkd import datasets, lmdb_data, netgen, plan  # noqa: E402
 
 SHARED_CIFAR = engine.REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -52,12 +52,6 @@ def cifar_size_data(folder, images):
         source = "generated 32x32 images"
     lmdb_data.write_dataset(data, datasets.dataset_info("cifar10"), folder, train_limit=images, test_limit=100)
     return data, source
-
-
-def with_input_layer(train_val, shape):
-    path = train_val.with_name("benchmark.prototxt")
-    path.write_text(netgen.with_input_layer(train_val.read_text(), shape))
-    return path
 
 
 def layer_span(net, prefix):
@@ -91,19 +85,17 @@ def main(argv=None):
                 opts = plan.RunOptions("cifar10", args.teacher, args.student, method, tmp / "data",
                                        tmp / f"runs{scale}", nets=1, scale=scale)
                 planned[scale] += [s for s in plan.plan(opts) if not s.name.startswith("teacher-")]
-        stages = {label_of(stage): stage for stage in planned[1.0]}
-        train_nets = {label: input_net(caffe, stage / "train_val.prototxt", caffe.TRAIN, images, labels)
-                      for label, stage in stages.items()}
-        tested = [label for label, stage in stages.items()
-                  if "test_interval" in (stage / "solver.prototxt").read_text() and layer_span(train_nets[label],
-                                                                                            "teacher/")]
+        solvers = {(label_of(stage), scale): solver_values(stage) for scale in SCALES for stage in planned[scale]}
+        stages = {label_of(stage): (stage / "train_val.prototxt").read_text() for stage in planned[1.0]}
+        train_nets = {label: input_net(caffe, text, tmp, caffe.TRAIN, images, labels)
+                      for label, text in stages.items()}
+        tested = [label for label in stages
+                  if solvers[label, 1.0][0] and layer_span(train_nets[label], "teacher/")]
         test_nets = {}
         for label in tested:
-            text = (stages[label] / "train_val.prototxt").read_text()
-            for kind, net_text in (("now", text), ("teacher kept", netgen.in_every_phase(text))):
-                path = stages[label] / f"test-{kind.replace(' ', '-')}.prototxt"
-                path.write_text(net_text)
-                test_nets[label, kind] = input_net(caffe, path, caffe.TEST, images[:TEST_BATCH], labels[:TEST_BATCH])
+            for kind, text in (("now", stages[label]), ("teacher kept", netgen.in_every_phase(stages[label]))):
+                test_nets[label, kind] = input_net(caffe, text, tmp, caffe.TEST, images[:TEST_BATCH],
+                                                   labels[:TEST_BATCH])
         times = {label: [] for label in train_nets}
         teacher_times = {label: [] for label in train_nets if layer_span(train_nets[label], "teacher/")}
         test_times = {key: [] for key in test_nets}
@@ -115,7 +107,6 @@ def main(argv=None):
                     teacher_times[label].append(timed(lambda: net.forward(start=first, end=last), args.iterations))
             for key, net in test_nets.items():
                 test_times[key].append(timed(net.forward, args.iterations))
-        solvers = {(label_of(stage), scale): solver_values(stage) for scale in SCALES for stage in planned[scale]}
 
     median = {label: statistics.median(t) for label, t in times.items()}
     print(f"\none training iteration: batch {BATCH}, 32x32x3 ({source})")
@@ -144,19 +135,14 @@ def label_of(stage):
     return "student alone" if stage.name.startswith("student-") else stage.name
 
 
-def input_net(caffe, train_val, phase, images, labels):
-    """A stage net with its Data layers swapped for an Input layer holding these images."""
-    net = caffe.Net(str(with_input_layer(train_val, [len(images), 3, 32, 32])), phase)
+def input_net(caffe, text, folder, phase, images, labels):
+    """A stage net's text with its Data layers swapped for an Input layer holding these images."""
+    path = folder / "benchmark.prototxt"
+    path.write_text(netgen.with_input_layer(text, [len(images), 3, 32, 32]))
+    net = caffe.Net(str(path), phase)
     net.blobs["data"].data[...] = images
     net.blobs["label"].data[...] = labels
     return net
-
-
-def timed(step, iterations):
-    started = time.perf_counter()
-    for _ in range(iterations):
-        step()
-    return (time.perf_counter() - started) / iterations
 
 
 def solver_values(stage):

@@ -277,8 +277,8 @@ def render_net(name, data, nets, heads, comment=""):
     """A train_val net. Where the test passes measure a net's accuracy, a frozen net they
     do not read (the teacher beside its student) and the heads that read it (KD, hints)
     are TRAIN-only: the test passes then cost the student's forward pass alone."""
-    reads_label = any(head.kind in LABEL_HEADS for head in heads)
     tested = [head.logits for head in heads if head.kind in LABEL_HEADS]
+    reads_label = bool(tested)
     untested = {net.role for net in nets
                 if tested and net.frozen and not any(logits.startswith(f"{net.role}/") for logits in tested)}
     nets = [replace(net, train_only=net.role in untested) for net in nets]

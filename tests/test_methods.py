@@ -194,15 +194,15 @@ def test_test_passes_leave_the_teacher_out_and_measure_the_same(methods_out, caf
     teacher put back into them (and the one Caffe logged at the last iteration)."""
     run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
     folder = [f for f in stage_folders(methods_out, method) if f.name == "stage2-net1"][0]
-    net = netgen.validate((folder / "train_val.prototxt").read_text())
+    text = (folder / "train_val.prototxt").read_text()
+    net = netgen.validate(text)
     train_only = {layer.name for layer in net.layer if [r.phase for r in layer.include] == [caffe.TRAIN]}
     teacher = {layer.name for layer in net.layer if layer.name.startswith("teacher/")}
     assert teacher and teacher | {"kd"} <= train_only
     assert not any(name.startswith("student/") for name in train_only)
-    with_teacher = netgen.in_every_phase((folder / "train_val.prototxt").read_text())
     batches = netgen.validate((folder / "solver.prototxt").read_text(), "SolverParameter").test_iter[0]
-    alone, outputs = accuracy_over_test_set(caffe, (folder / "train_val.prototxt").read_text(), folder, batches)
-    both, outputs_with_teacher = accuracy_over_test_set(caffe, with_teacher, folder, batches)
+    alone, outputs = accuracy_over_test_set(caffe, text, folder, batches)
+    both, outputs_with_teacher = accuracy_over_test_set(caffe, netgen.in_every_phase(text), folder, batches)
     assert outputs == {"accuracy", "cross_entropy"} and "kd" in outputs_with_teacher
     assert alone == both
     logged = json.loads((folder / "summary.json").read_text())["final_test"]["accuracy"]
