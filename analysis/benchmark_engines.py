@@ -23,10 +23,13 @@ teacher's share of a Stage 2 step (proposed, --stage2 teacher,student depths)
 in both Caffe builds. Every engine uses OMP_NUM_THREADS threads (all cores by
 default).
 
-With --shared NET, the cores shared, for the fast build and PyTorch, in the same
-rounds: the net's step alone; two processes of the engine stepping at once (their
-throughput against the same two one after the other: 1.00 means no loss); and one
-busy process (a Python loop) beside it (its step's time against alone's).
+With --shared NET, the cores shared, in the same rounds, for the fast build (its
+thread count following the free cores), the fast build with HINTKD_THREADS=fixed
+(as it ran before it followed them) and PyTorch: the net's step alone; two
+processes of the engine stepping at once (their throughput against the same two
+one after the other: 1.00 means no loss); and one busy process (a Python loop)
+beside it (its step's time against alone's). Each case is timed after 2 s of steps
+in it, for every engine in turn.
 """
 import argparse
 import ctypes
@@ -178,7 +181,17 @@ def timed(fn, steps):
     return (time.perf_counter() - started) / steps
 
 
+def timed_for(fn, seconds):
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        fn()
+    return time.perf_counter() - started
+
+
 def serve(handlers):
+    # "settle": steps for a while untimed, so that a timing starts where the fast
+    # build has chosen its thread count for what else runs (twice a second).
+    handlers["settle"] = lambda label, seconds: timed_for(lambda: handlers["step"](label, 1), seconds)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
@@ -216,19 +229,38 @@ class Worker:
         self.process.wait()
 
 
-def shared_cores(worker, twin, label, steps):
-    """(alone, two at once, beside a busy process) seconds per step of one engine on one net."""
-    alone = worker.time("step", label, steps)
-    worker.send("step", label, steps)
-    twin.send("step", label, steps)
-    together = max(worker.received(), twin.received())
+SETTLE_SECONDS = 2.0
+
+
+def shared_cores(sharers, twins, label, steps):
+    """{engine: [alone, two at once, beside a busy process]} seconds per step on one net,
+    each case for every engine in turn (side by side), each timed after SETTLE_SECONDS of
+    steps in the same situation."""
+    def settled(*workers):
+        for each in workers:
+            each.send("settle", label, SETTLE_SECONDS)
+        for each in workers:
+            each.received()
+
+    cases = {name: [] for name in sharers}
+    for name, worker in sharers.items():
+        settled(worker)
+        cases[name].append(worker.time("step", label, steps))
+    for name, worker in sharers.items():
+        settled(worker, twins[name])
+        worker.send("step", label, steps)
+        twins[name].send("step", label, steps)
+        cases[name].append(max(worker.received(), twins[name].received()))
     busy = subprocess.Popen([engine.SYSTEM_PYTHON, "-c", "while True: pass"])
     try:
-        beside = worker.time("step", label, steps)
+        for name, worker in sharers.items():
+            settled(worker)
+            cases[name].append(worker.time("step", label, steps))
     finally:
         busy.kill()
         busy.wait()
-    return alone, together, beside
+    settled(*sharers.values())  # the next timings find them as a run alone would be
+    return cases
 
 
 # --- the machine's limit -------------------------------------------------------
@@ -313,8 +345,15 @@ def main(argv=None):
             workers["pytorch"] = Worker("pytorch", argv, env)
         if args.shared and args.shared not in nets:
             raise SystemExit(f"benchmark_engines.py: --shared {args.shared}: not one of {', '.join(nets)}")
-        twins = {name: Worker(f"second {name}", workers[name].process.args, workers[name].env)
-                 for name in ("fast", "pytorch") if args.shared and name in workers}
+        # The shared cases: each engine and a second process of it; the fast build also
+        # with HINTKD_THREADS=fixed (its thread count kept whatever else runs).
+        sharers = {}
+        if args.shared:
+            fast = workers["fast"]
+            sharers = {"fast": fast,
+                       "fast fixed": Worker("fast fixed", fast.process.args, dict(fast.env, HINTKD_THREADS="fixed"))}
+            sharers.update({"pytorch": workers["pytorch"]} if "pytorch" in workers else {})
+        twins = {name: Worker(f"second {name}", sharer.process.args, sharer.env) for name, sharer in sharers.items()}
         shared = {name: [] for name in twins}
         resnets = [f"ResNet-{d}" for d in depths]
         stage2_label = next(label for label in nets if label.startswith("Stage 2"))
@@ -334,11 +373,12 @@ def main(argv=None):
                         times[name, label].append(seconds)
                     if label == stage2_label and record:
                         teacher[name].append(worker.time("teacher", label, args.steps))
-            for name, twin in twins.items():
-                cases = shared_cores(workers[name], twin, args.shared, args.steps)
-                shared[name].append(cases) if record else None
+            if sharers:
+                cases = shared_cores(sharers, twins, args.shared, args.steps)
+                for name in shared:
+                    shared[name].append(cases[name]) if record else None
             print(f"round {round_}/{args.rounds} done{'' if record else ' (warm-up)'}", file=sys.stderr, flush=True)
-        for worker in [*workers.values(), *twins.values()]:
+        for worker in [*workers.values(), *twins.values(), *(w for n, w in sharers.items() if n not in workers)]:
             worker.close()
 
     peak = statistics.median(peaks)
@@ -368,14 +408,18 @@ def main(argv=None):
         share = statistics.median(teacher[name]) / median[name, stage2_label]
         print(f"teacher's share of a {stage2_label} step, {name} build: {share:.0%}")
     if shared:
-        print(f"\nshared cores, {args.shared}, {threads} threads a process (goals: alone >= 0.95x today's; "
+        print(f"\nshared cores, {args.shared}, at most {threads} threads a process, each case timed after "
+              f"{SETTLE_SECONDS:.0f} s in it (goals: alone >= 0.95x the speed with fixed threads; "
               f"two at once >= 0.90 of one after the other; beside a busy process <= 2.2x alone)")
         print(f"{'engine':<10} {'alone s/step':>12} {'two at once s/step':>19} {'throughput vs in turn':>22} "
               f"{'beside busy s/step':>19} {'x alone':>8}")
+        alone = {}
         for name, cases in shared.items():
-            alone, together, beside = (statistics.median(c[i] for c in cases) for i in range(3))
-            print(f"{name:<10} {alone:>12.3f} {together:>19.3f} {2 * alone / together:>22.2f} "
-                  f"{beside:>19.3f} {beside / alone:>8.2f}")
+            alone[name], together, beside = (statistics.median(c[i] for c in cases) for i in range(3))
+            print(f"{name:<10} {alone[name]:>12.3f} {together:>19.3f} {2 * alone[name] / together:>22.2f} "
+                  f"{beside:>19.3f} {beside / alone[name]:>8.2f}")
+        print(f"fast (threads follow the free cores) alone: {alone['fast fixed'] / alone['fast']:.2f}x the speed "
+              f"of fast fixed (HINTKD_THREADS=fixed)")
     return 0
 
 

@@ -6,19 +6,23 @@ of its own per build: the build is the one hintkd.engine finds
     net_pass.py init NET WEIGHTS SEED      weights from the net's fillers (seeded), with
                                            BatchNorm statistics and Scale parameters
                                            drawn at random, as a trained net has them
-    net_pass.py pass NET WEIGHTS INPUTS OUT
+    net_pass.py pass NET WEIGHTS INPUTS OUT [THREADS]
                                            load WEIGHTS, set the Input blobs from INPUTS
                                            (.npz), forward and backward twice without
                                            clearing the gradients (as a solver with
                                            iter_size 2: parameter gradients must add
-                                           up); OUT (.npz) holds every blob's data and
-                                           diff and every parameter's data and diff
+                                           up), the second time on THREADS OpenMP threads
+                                           if given (as when the fast build's thread
+                                           count follows the free cores); OUT (.npz) holds
+                                           every blob's data and diff and every
+                                           parameter's data and diff
     net_pass.py train NET WEIGHTS INPUTS OUT STEPS
                                            load WEIGHTS, then STEPS iterations of Caffe's SGD
                                            solver (momentum 0.9, weight decay 1e-4, lr 0.1) on
                                            the batch of INPUTS; OUT holds every parameter
                                            after them
 """
+import ctypes
 import sys
 from pathlib import Path
 
@@ -46,11 +50,14 @@ def init(caffe, net_path, weights, seed):
     net.save(weights)
 
 
-def one_pass(caffe, net_path, weights, inputs, out):
+def one_pass(caffe, net_path, weights, inputs, out, second_threads=None):
     net = caffe.Net(net_path, caffe.TRAIN, weights=weights)
     for name, array in np.load(inputs).items():
         net.blobs[name].data[...] = array
-    for _ in range(2):
+    for index in range(2):
+        if index == 1 and second_threads:
+            # The calling thread's OpenMP setting, as the fast build changes it.
+            ctypes.CDLL("libgomp.so.1").omp_set_num_threads(int(second_threads))
         net.forward()
         net.backward()
     arrays = {}

@@ -1,0 +1,115 @@
+"""The fast build on shared cores: a run's thread count follows the cores other
+processes leave free (engine/patches/fast/05-threads-follow-free-cores.patch).
+
+A real digits teacher stage (run_stages.sh, real LMDB) starts beside a busy
+process: its log must say it went down to fewer threads, and in that stretch at
+most that many of its threads may work (the OpenMP threads and oneDNN's
+convolutions alike: a convolution that kept its old thread count keeps a second
+thread busy). When the busy process ends, the stage must take every core back,
+and its threads must work again. With HINTKD_THREADS=fixed the thread count stays.
+
+Which threads work is read from /proc/PID/task/*/stat (CPU time per thread over
+WINDOW seconds), not from how fast anything ran: these machines are too noisy
+for timed tests. The speed is measured by analysis/benchmark_engines.py --shared.
+"""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, engine, out_with_data
+
+RUN_STAGES = str(REPO / "run_stages.sh")
+CORES = len(os.sched_getaffinity(0))
+WINDOW = 1.5      # seconds of CPU time per thread sampled
+WORKING = 0.25    # a thread that used this share of a core in the window works
+# The stage at twice the default schedule (2,400 iterations): long enough to see it go
+# down and back up (a run of its own takes about 8 s on 2 cores, 15 s on one).
+STAGE = ["digits", "14", "8", "teacher", "--scale", "2"]
+
+pytestmark = pytest.mark.skipif(CORES < 2, reason="needs at least 2 cores to share")
+
+
+def thread_cpu_seconds(pid):
+    """{thread id: CPU seconds so far} of the process's threads."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        seconds[task.name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
+
+
+def working_threads(pid):
+    before = thread_cpu_seconds(pid)
+    time.sleep(WINDOW)
+    after = thread_cpu_seconds(pid)
+    return sum((after[t] - before.get(t, 0.0)) / WINDOW >= WORKING for t in after)
+
+
+def wait_for_line(log, text, since=0, timeout=60):
+    """The first line of the growing log at or after line `since` that holds text, and its index."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log.read_text().splitlines() if log.exists() else []
+        for index in range(since, len(lines)):
+            if text in lines[index]:
+                return lines[index], index
+        time.sleep(0.1)
+    raise AssertionError(f"no '{text}' in {log} after {timeout} s:\n" + (log.read_text() if log.exists() else ""))
+
+
+def start_stage(out, env=None):
+    """The stage, its caffe.log and the pid of the process that trains (glog's thread id
+    of the solver's lines: the main thread)."""
+    stage = subprocess.Popen([RUN_STAGES, *STAGE, "--out", str(out)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **(env or {})))
+    deadline = time.monotonic() + 120
+    while not list(out.glob("digits/teacher-*/caffe.log")):
+        assert stage.poll() is None and time.monotonic() < deadline, stage.stdout.read()
+        time.sleep(0.1)
+    (log,) = out.glob("digits/teacher-*/caffe.log")
+    line, _ = wait_for_line(log, "Initializing solver")
+    return stage, log, int(line.split()[2])
+
+
+@pytest.fixture
+def busy():
+    process = subprocess.Popen([engine.SYSTEM_PYTHON, "-c", "while True: pass"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_run_takes_the_cores_other_processes_leave(tmp_path, digits_data, busy):
+    out = out_with_data(tmp_path, digits_data)
+    stage, log, pid = start_stage(out)
+    line, index = wait_for_line(log, "Threads: ")
+    fewer, most = (int(n) for n in line.split("Threads: ")[1].split(" (")[0].split(" of "))
+    assert most == CORES and fewer < most, line
+    assert working_threads(pid) <= fewer
+
+    busy.kill()
+    wait_for_line(log, f"Threads: {most} of {most}", since=index + 1)
+    assert working_threads(pid) >= 2
+    output, _ = stage.communicate(timeout=300)
+    assert stage.returncode == 0, output
+    assert "Optimization Done" in log.read_text()
+
+
+def test_fixed_threads_stay(tmp_path, digits_data, busy):
+    out = out_with_data(tmp_path, digits_data)
+    stage, log, pid = start_stage(out, {"HINTKD_THREADS": "fixed"})
+    try:
+        time.sleep(2)  # four chances to change
+        assert working_threads(pid) >= 2
+        assert "Threads: " not in log.read_text()
+    finally:
+        stage.send_signal(signal.SIGINT)
+        stage.communicate(timeout=60)
