@@ -2,7 +2,7 @@
 """Training speed of the fast CPU build, the stock build and PyTorch on the same nets.
 
     analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch] [--portable]
-                                  [--shared ResNet-20]
+                                  [--shared ResNet-20] [--layers]
 
 One whole training step (forward, backward, SGD update with momentum and weight
 decay) at batch 128 of 32x32x3 images, for each 6n+2 ResNet as the planner
@@ -22,6 +22,10 @@ Also measured in the same rounds: the machine's sgemm rate (oneDNN's sgemm,
 teacher's share of a Stage 2 step (proposed, --stage2 teacher,student depths)
 in both Caffe builds. Every engine uses OMP_NUM_THREADS threads (all cores by
 default).
+
+With --layers, each Caffe build's time per layer, forward and backward, on every
+net in every round (as `caffe time`, but without the backward passes training
+skips), summed by layer type: where a step's time goes.
 
 With --shared NET, the cores shared, in the same rounds, for the fast build (its
 thread count following the free cores), the fast build with HINTKD_THREADS=fixed
@@ -125,6 +129,7 @@ def caffe_worker(nets):
         names = [n for n in solver.net._layer_names if n.startswith("teacher/")]
         spans[label] = (names[0], names[-1]) if names else None
     serve({"step": lambda label, steps: timed(lambda: solvers[label].step(1), steps),
+           "layers": lambda label, steps: layer_seconds(solvers[label].net, steps),
            "teacher": lambda label, steps: timed(
                lambda: solvers[label].net.forward(start=spans[label][0], end=spans[label][1]), steps)})
 
@@ -263,6 +268,56 @@ def shared_cores(sharers, twins, label, steps):
     return cases
 
 
+# --- per layer type ----------------------------------------------------------------
+
+def layer_seconds(net, steps):
+    """{layer: (type, forward, backward seconds per step)}, one layer at a time as `caffe
+    time` does, but through the net's own passes, so that a layer the net does not
+    back-propagate (the frozen teacher) has no backward pass, as in training."""
+    names = list(net._layer_names)
+    forward, backward = [0.0] * len(names), [0.0] * len(names)
+    for _ in range(steps):
+        for i in range(len(names)):
+            started = time.perf_counter()
+            net._forward(i, i)
+            forward[i] += time.perf_counter() - started
+        for i in reversed(range(len(names))):
+            started = time.perf_counter()
+            net._backward(i, i)
+            backward[i] += time.perf_counter() - started
+    return {name: (layer.type, f / steps, b / steps)
+            for name, layer, f, b in zip(names, net.layers, forward, backward)}
+
+
+def print_layer_table(label, rounds, steps):
+    """Forward and backward ms per step of each layer type in each build: each layer's median
+    over the rounds, summed by type; the rest of a step (the solver's update) is the build's
+    median step time ({build: seconds}) less its layers."""
+    builds = list(rounds)
+    types = {layer: kind for layer, (kind, _, _) in rounds[builds[0]][0].items()}
+    ms = {}  # (type, build) -> [forward, backward]
+    for build, measured in rounds.items():
+        for layer, kind in types.items():
+            total = ms.setdefault((kind, build), [0.0, 0.0])
+            for d in (0, 1):
+                total[d] += 1000 * statistics.median(times[layer][1 + d] for times in measured)
+    for build in builds:
+        rest = 1000 * steps[build] - sum(sum(v) for (_, b), v in ms.items() if b == build)
+        ms["(rest of the step)", build] = [max(rest, 0.0), 0.0]
+    kinds = sorted({t for t, _ in ms}, key=lambda t: -sum(ms[t, builds[0]]))
+    counts = {kind: list(types.values()).count(kind) for kind in kinds}
+    print(f"\n{label}: ms per step by layer type (forward, backward, share of the step)")
+    print(f"{'type':<20} {'layers':>6} " + " ".join(f"{b + ' fwd':>10} {b + ' bwd':>10} {b + ' %':>7}" for b in builds)
+          + "".join(f" {b + '/' + builds[0]:>12}" for b in builds[1:]))
+    for kind in kinds:
+        line = f"{kind:<20} {counts[kind] or '':>6} " + " ".join(
+            f"{ms[kind, b][0]:>10.2f} {ms[kind, b][1]:>10.2f} {sum(ms[kind, b]) / (1000 * steps[b]):>7.0%}"
+            for b in builds)
+        line += "".join(f" {sum(ms[kind, b]) / sum(ms[kind, builds[0]]):>11.2f}x" if sum(ms[kind, b]) and
+                        sum(ms[kind, builds[0]]) else f" {'-':>12}" for b in builds[1:])
+        print(line)
+
+
 # --- the machine's limit -------------------------------------------------------
 
 def sgemm_gflops(size=2048, repeats=3):
@@ -312,6 +367,8 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--portable", action="store_true",
                         help="also the portable fast build (HINTKD_PORTABLE=1, as in the images), built if missing")
+    parser.add_argument("--layers", action="store_true",
+                        help="also each Caffe build's time per layer type on every net, forward and backward")
     parser.add_argument("--shared", metavar="NET", help="also the shared-core cases on this net (e.g. ResNet-20)")
     parser.add_argument("--worker", choices=("caffe", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--nets", help=argparse.SUPPRESS)
@@ -359,6 +416,7 @@ def main(argv=None):
         stage2_label = next(label for label in nets if label.startswith("Stage 2"))
         times = {(w, label): [] for w in workers for label in nets}
         teacher = {w: [] for w in builds}
+        layer_rounds = {(build, label): [] for build in builds for label in nets}
         peaks = []
         for round_ in range(args.rounds + 1):  # round 0 warms up
             record = round_ > 0
@@ -377,6 +435,9 @@ def main(argv=None):
                 cases = shared_cores(sharers, twins, args.shared, args.steps)
                 for name in shared:
                     shared[name].append(cases[name]) if record else None
+            for label in nets if args.layers and record else ():
+                for build in builds:
+                    layer_rounds[build, label].append(workers[build].time("layers", label, args.steps))
             print(f"round {round_}/{args.rounds} done{'' if record else ' (warm-up)'}", file=sys.stderr, flush=True)
         for worker in [*workers.values(), *twins.values(), *(w for n, w in sharers.items() if n not in workers)]:
             worker.close()
@@ -420,6 +481,8 @@ def main(argv=None):
                   f"{beside:>19.3f} {beside / alone[name]:>8.2f}")
         print(f"fast (threads follow the free cores) alone: {alone['fast fixed'] / alone['fast']:.2f}x the speed "
               f"of fast fixed (HINTKD_THREADS=fixed)")
+    for label in nets if args.layers else ():
+        print_layer_table(label, {b: layer_rounds[b, label] for b in builds}, {b: median[b, label] for b in builds})
     return 0
 
 
