@@ -12,6 +12,7 @@ Which threads work is read from /proc/PID/task/*/stat (CPU time per thread over
 WINDOW seconds), not from how fast anything ran: these machines are too noisy
 for timed tests. The speed is measured by analysis/benchmark_engines.py --shared.
 """
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,8 +27,8 @@ RUN_STAGES = str(REPO / "run_stages.sh")
 CORES = len(os.sched_getaffinity(0))
 WINDOW = 1.5      # seconds of CPU time per thread sampled
 WORKING = 0.25    # a thread that used this share of a core in the window works
-# The stage at twice the default schedule (2,400 iterations): long enough to see it go
-# down and back up (a run of its own takes about 8 s on 2 cores, 15 s on one).
+# The stage at twice the default schedule (2,400 iterations, about 20 s on 2 cores): long
+# enough to see it go down and back up.
 STAGE = ["digits", "14", "8", "teacher", "--scale", "2"]
 
 pytestmark = pytest.mark.skipif(CORES < 2, reason="needs at least 2 cores to share")
@@ -87,19 +88,25 @@ def wait_for_line(log, text, since=0, timeout=60):
     raise AssertionError(f"no '{text}' in {log} after {timeout} s:\n" + (log.read_text() if log.exists() else ""))
 
 
-def start_stage(out, env=None):
+@contextlib.contextmanager
+def stage_running(out, env=None):
     """The stage, its caffe.log and the pid of the process that trains (glog's thread id
-    of the solver's lines: the main thread)."""
+    of the solver's lines: the main thread); the driver and its stage are killed after."""
     stage = subprocess.Popen([RUN_STAGES, *STAGE, "--out", str(out)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **(env or {})),
                              start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("digits/teacher-*/caffe.log")):
-        assert stage.poll() is None and time.monotonic() < deadline, stage.stdout.read()
-        time.sleep(0.1)
-    (log,) = out.glob("digits/teacher-*/caffe.log")
-    line, _ = wait_for_line(log, "Initializing solver")
-    return stage, log, int(line.split()[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("digits/teacher-*/caffe.log")):
+            assert stage.poll() is None and time.monotonic() < deadline, stage.stdout.read()
+            time.sleep(0.1)
+        (log,) = out.glob("digits/teacher-*/caffe.log")
+        line, _ = wait_for_line(log, "Initializing solver")
+        yield stage, log, int(line.split()[2])
+    finally:
+        if stage.poll() is None:
+            os.killpg(stage.pid, signal.SIGKILL)
+            stage.communicate()
 
 
 @pytest.fixture
@@ -112,28 +119,23 @@ def busy(idle_machine):
 
 
 def test_a_run_takes_the_cores_other_processes_leave(tmp_path, digits_data, busy):
-    out = out_with_data(tmp_path, digits_data)
-    stage, log, pid = start_stage(out)
-    line, index = wait_for_line(log, "Threads: ")
-    fewer, most = (int(n) for n in line.split("Threads: ")[1].split(" (")[0].split(" of "))
-    assert most == CORES and fewer < most, line
-    assert working_threads(pid) <= fewer
+    with stage_running(out_with_data(tmp_path, digits_data)) as (stage, log, pid):
+        line, index = wait_for_line(log, "Threads: ")
+        fewer, most = (int(n) for n in line.split("Threads: ")[1].split(" (")[0].split(" of "))
+        assert most == CORES and fewer < most, line
+        assert working_threads(pid) <= fewer
 
-    busy.kill()
-    wait_for_line(log, f"Threads: {most} of {most}", since=index + 1)
-    assert working_threads(pid) >= 2
-    output, _ = stage.communicate(timeout=300)
-    assert stage.returncode == 0, output
-    assert "Optimization Done" in log.read_text()
+        busy.kill()
+        wait_for_line(log, f"Threads: {most} of {most}", since=index + 1)
+        assert working_threads(pid) >= 2
+        output, _ = stage.communicate(timeout=300)
+        assert stage.returncode == 0, output
+        assert "Optimization Done" in log.read_text()
 
 
 def test_fixed_threads_stay(tmp_path, digits_data, busy):
-    out = out_with_data(tmp_path, digits_data)
-    stage, log, pid = start_stage(out, {"HINTKD_THREADS": "fixed"})
-    try:
+    # At 2 threads beside the busy process the stage would take minutes: it is killed after.
+    with stage_running(out_with_data(tmp_path, digits_data), {"HINTKD_THREADS": "fixed"}) as (_, log, pid):
         time.sleep(2)  # four chances to change
         assert working_threads(pid) >= 2
         assert "Threads: " not in log.read_text()
-    finally:  # the driver and its stage: at 2 threads beside the busy process it would take minutes
-        os.killpg(stage.pid, signal.SIGKILL)
-        stage.communicate(timeout=60)
