@@ -2,7 +2,7 @@
 """Training speed of the fast CPU build, the stock build and PyTorch on the same nets.
 
     analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch] [--portable]
-                                  [--shared ResNet-20] [--layers]
+                                  [--unfused] [--shared ResNet-20] [--layers]
 
 One whole training step (forward, backward, SGD update with momentum and weight
 decay) at batch 128 of 32x32x3 images, for each 6n+2 ResNet as the planner
@@ -12,11 +12,14 @@ average pooling, FC, softmax loss), in:
   stock   the stock build (engine/install_caffe.sh --stock)
   portable  with --portable: the fast build without -march=native (HINTKD_PORTABLE=1,
           the images' build), to show what running on any x86-64 CPU costs
+  unfused with --unfused: the fast build with HINTKD_FUSE=off (each BatchNorm's Scale and
+          ReLU run as layers of their own), to show what running them fused gains
   pytorch PyTorch CPU on the identical net (same layers, shortcuts, batch and
           thread count), installed from PyPI into the benchmark's own venv
           ($HINTKD_CACHE/bench-venv) on first use, never a toolkit dependency.
 Each engine runs in a worker process of its own that keeps its nets loaded; the
-rounds interleave engines and nets, so that the machine's drift hits all alike.
+rounds interleave engines and nets, each round starting with another engine, so that the
+machine's drift hits all alike.
 Also measured in the same rounds: the machine's sgemm rate (oneDNN's sgemm,
 2048^3, all threads), against which each engine's FLOP rate is a share, and the
 teacher's share of a Stage 2 step (proposed, --stage2 teacher,student depths)
@@ -25,7 +28,8 @@ default).
 
 With --layers, each Caffe build's time per layer, forward and backward, on every
 net in every round (as `caffe time`, but without the backward passes training
-skips), summed by layer type: where a step's time goes.
+skips), summed by layer type: where a step's time goes. In the fast build a
+BatchNorm's time includes the Scale and ReLU it runs (HINTKD_FUSE, docs/engine.md).
 
 With --shared NET, the cores shared, in the same rounds, for the fast build (its
 thread count following the free cores), the fast build with HINTKD_THREADS=fixed
@@ -180,6 +184,9 @@ def torch_worker(specs):
 
 
 def timed(fn, steps):
+    """Seconds per call of fn, after one call untimed (the first after another engine or
+    net ran finds its buffers out of the caches)."""
+    fn()
     started = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -276,15 +283,15 @@ def layer_seconds(net, steps):
     back-propagate (the frozen teacher) has no backward pass, as in training."""
     names = list(net._layer_names)
     forward, backward = [0.0] * len(names), [0.0] * len(names)
-    for _ in range(steps):
+    for step in range(steps + 1):  # the first untimed, as in timed()
         for i in range(len(names)):
             started = time.perf_counter()
             net._forward(i, i)
-            forward[i] += time.perf_counter() - started
+            forward[i] += (time.perf_counter() - started) * (step > 0)
         for i in reversed(range(len(names))):
             started = time.perf_counter()
             net._backward(i, i)
-            backward[i] += time.perf_counter() - started
+            backward[i] += (time.perf_counter() - started) * (step > 0)
     return {name: (layer.type, f / steps, b / steps)
             for name, layer, f, b in zip(names, net.layers, forward, backward)}
 
@@ -367,6 +374,8 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--portable", action="store_true",
                         help="also the portable fast build (HINTKD_PORTABLE=1, as in the images), built if missing")
+    parser.add_argument("--unfused", action="store_true",
+                        help="also the fast build with HINTKD_FUSE=off (BatchNorm, Scale and ReLU apart)")
     parser.add_argument("--layers", action="store_true",
                         help="also each Caffe build's time per layer type on every net, forward and backward")
     parser.add_argument("--shared", metavar="NET", help="also the shared-core cases on this net (e.g. ResNet-20)")
@@ -388,11 +397,14 @@ def main(argv=None):
         flops = {label: training_flops(path) for label, path in nets.items()}
         me = [engine.SYSTEM_PYTHON, str(Path(__file__).resolve()), "--nets"]
         workers = {}
-        builds = {"fast": ("cpu", "0"), "stock": ("stock", "0")}
+        builds = {"fast": ("cpu", {}), "stock": ("stock", {})}
         if args.portable:
-            builds["portable"] = ("cpu", "1")
-        for build, (variant, portable) in builds.items():
-            build_env = dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX="", HINTKD_PORTABLE=portable)
+            builds["portable"] = ("cpu", {"HINTKD_PORTABLE": "1"})
+        if args.unfused:
+            builds["unfused"] = ("cpu", {"HINTKD_FUSE": "off"})
+        for build, (variant, build_vars) in builds.items():
+            build_env = dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX="", HINTKD_PORTABLE="0",
+                             **build_vars)
             subprocess.run(["bash", str(engine.INSTALL_SCRIPT), f"--{variant}"], check=True, stdout=subprocess.DEVNULL,
                            env=dict(os.environ, **build_env))
             workers[build] = Worker(build, me + [json.dumps({k: str(v) for k, v in nets.items()}), "--worker", "caffe"],
@@ -422,8 +434,12 @@ def main(argv=None):
             record = round_ > 0
             peak = sgemm_gflops()
             peaks.append(peak) if record else None
+            # Each round starts with another engine: the first in a round ran up to 1.5x slower
+            # than in other places (measured: the machine's sgemm runs just before it).
+            order = list(workers.items())
+            order = order[round_ % len(order):] + order[:round_ % len(order)]
             for label in nets:
-                for name, worker in workers.items():
+                for name, worker in order:
                     if name == "pytorch" and label not in resnets:
                         continue
                     seconds = worker.time("step", label, args.steps)
@@ -436,7 +452,7 @@ def main(argv=None):
                 for name in shared:
                     shared[name].append(cases[name]) if record else None
             for label in nets if args.layers and record else ():
-                for build in builds:
+                for build, _ in ((n, w) for n, w in order if n in builds):
                     layer_rounds[build, label].append(workers[build].time("layers", label, args.steps))
             print(f"round {round_}/{args.rounds} done{'' if record else ' (warm-up)'}", file=sys.stderr, flush=True)
         for worker in [*workers.values(), *twins.values(), *(w for n, w in sharers.items() if n not in workers)]:
@@ -451,6 +467,7 @@ def main(argv=None):
     header = f"{'net':<20} {'GFLOP/img':>9} " + " ".join(f"{n + ' img/s':>13}" for n in names)
     header += f" {'fast/stock':>10}" + (f" {'fast/pytorch':>12}" if "pytorch" in names else "")
     header += f" {'portable/fast':>13}" if "portable" in names else ""
+    header += f" {'fast/unfused':>12}" if "unfused" in names else ""
     header += " " + " ".join(f"{n + ' %peak':>13}" for n in names)
     print(header)
     for label in nets:
@@ -462,6 +479,8 @@ def main(argv=None):
             line += f" {rates['fast'] / rates['pytorch']:>11.2f}x" if "pytorch" in rates else f" {'-':>12}"
         if "portable" in names:
             line += f" {rates['portable'] / rates['fast']:>12.2f}x" if "portable" in rates else f" {'-':>13}"
+        if "unfused" in names:
+            line += f" {rates['fast'] / rates['unfused']:>11.2f}x"
         line += " " + " ".join(f"{rates[n] * flops[label] / 1e9 / peak:>12.0%} " if n in rates else f"{'-':>13}"
                                for n in names)
         print(line)

@@ -34,6 +34,7 @@ at this floor, and momentum 0.8 instead of 0.9 in 46 of 56 (measured here). The 
 build repeats a short training run bit for bit.
 """
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,16 +103,25 @@ def nets(tmp_path_factory):
 # Convolutions the ResNets do not have, through the same oneDNN path: bias, two
 # groups, dilation, a non-square kernel, odd sizes with stride 2 (Caffe's output
 # size rounds down, so the right/bottom padding oneDNN is given differs from the
-# left/top), on the same real images.
+# left/top), on the same real images. And a convolution (c4) whose bottom a later
+# layer writes in place through a Reshape that shares its memory: the stock build
+# takes c4's weight gradient on what is there after the forward pass, so the fast
+# build must not reuse its forward pass's copy of that bottom (16 channels: the
+# layout in which the fast build reuses it).
 ODD_CONVOLUTIONS = """
 name: "odd-convolutions"
 force_backward: true
 layer { name: "data" type: "Input" top: "data" top: "label"
         input_param { shape { dim: 128 dim: 3 dim: 32 dim: 32 } shape { dim: 128 } } }
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
-        convolution_param { num_output: 8 kernel_size: 3 stride: 2 pad: 0 weight_filler { type: "msra" }
+        convolution_param { num_output: 16 kernel_size: 3 stride: 2 pad: 0 weight_filler { type: "msra" }
                             bias_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+layer { name: "c4" type: "Convolution" bottom: "c1" top: "c4"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
+layer { name: "v1" type: "Reshape" bottom: "c1" top: "v1" reshape_param { shape { dim: 0 dim: 0 dim: 0 dim: -1 } } }
+layer { name: "r1" type: "ReLU" bottom: "v1" top: "v1" }
+layer { name: "j" type: "Eltwise" bottom: "c4" bottom: "v1" top: "j" }
+layer { name: "c2" type: "Convolution" bottom: "j" top: "c2"
         convolution_param { num_output: 6 kernel_h: 3 kernel_w: 1 pad_h: 2 pad_w: 0 dilation: 2 group: 2
                             weight_filler { type: "msra" } bias_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
@@ -123,12 +133,25 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 """
 
 
-def net_pass(variant, *args, verbose=False):
+def net_pass(variant, *args, verbose=False, fuse=True):
     # A fixed thread count (the repeat test compares bits); one case changes it itself.
     env = dict(build_env(variant), HINTKD_THREADS="fixed")
     if verbose:
         env["ONEDNN_VERBOSE"] = "2"  # each primitive made and run
+    if not fuse:
+        env["HINTKD_FUSE"] = "off"
     return python(NET_PASS, *args, env=env)
+
+
+def input_reorders(onednn_verbose):
+    """How many batch-sized tensors were reordered from Caffe's NCHW into oneDNN's layout."""
+    return len(re.findall(rf"^onednn_verbose,exec,cpu,reorder,[^,]*,[^,]*,src_f32::blocked:abcd:f0 [^,]*,[^,]*,[^,]*,"
+                          rf"{BATCH}x", onednn_verbose, re.M))
+
+
+def fused_layers(caffe_log):
+    """[(BatchNorm, Scale, ReLU or None)] the fast build ran as one layer, from its INFO lines."""
+    return re.findall(r"net\.cpp:\d+\] (\S+) runs (\S+)(?: and (\S+))?$", caffe_log, re.M)
 
 
 def differences(ours, stock, order=None):
@@ -169,12 +192,15 @@ def permuted_batch(tmp):
     return tmp / "permuted.npz", order
 
 
-# {case: (net, OpenMP threads of the fast build's second pass)}. The fast build's thread
-# count follows the free cores, so a run may change it between passes: then its
-# convolutions are made anew for the new count and must compute the same.
-PASSES = {"resnet8": ("resnet8", None), "resnet20": ("resnet20", None), "stage1-hint": ("stage1-hint", None),
-          "stage2-kd": ("stage2-kd", None), "odd-convolutions": ("odd-convolutions", None),
-          "resnet20-then-1-thread": ("resnet20", 1)}
+# {case: (net, OpenMP threads of the fast build's second pass, whether it fuses layers)}.
+# The fast build's thread count follows the free cores, so a run may change it between
+# passes: then its convolutions are made anew for the new count and must compute the
+# same. It runs each BatchNorm's Scale and ReLU in the BatchNorm's passes unless
+# HINTKD_FUSE=off: both ways must compute what the stock build's separate layers do.
+PASSES = {"resnet8": ("resnet8", None, True), "resnet20": ("resnet20", None, True),
+          "stage1-hint": ("stage1-hint", None, True), "stage2-kd": ("stage2-kd", None, True),
+          "odd-convolutions": ("odd-convolutions", None, True), "resnet20-then-1-thread": ("resnet20", 1, True),
+          "resnet20-unfused": ("resnet20", None, False)}
 
 
 def created_convolutions(onednn_verbose):
@@ -185,7 +211,7 @@ def created_convolutions(onednn_verbose):
 @pytest.mark.parametrize("label", PASSES)
 def test_fast_build_matches_stock(builds, nets, label):
     tmp, paths = nets
-    net_label, second_threads = PASSES[label]
+    net_label, second_threads, fuse = PASSES[label]
     net = paths[net_label]
     weights = tmp / f"{label}.caffemodel"
     net_pass("stock", "init", net, weights, 7)
@@ -194,10 +220,24 @@ def test_fast_build_matches_stock(builds, nets, label):
         outputs[variant] = tmp / f"{label}-{variant}.npz"
         threads = [second_threads] if variant == "cpu" and second_threads else []
         result = net_pass(variant, "pass", net, weights, tmp / "batch.npz", outputs[variant], *threads,
-                          verbose=variant == "cpu")
+                          verbose=variant == "cpu", fuse=fuse)
         if variant == "cpu":  # the fast build really took oneDNN's convolutions
             assert "convolution" in result.stdout and "backward_weights" in result.stdout
             created = created_convolutions(result.stdout)
+            fused = fused_layers(result.stderr)
+            reorders = input_reorders(result.stdout)
+    # Fused, every BatchNorm of these nets (X/bn) ran its Scale (X/scale) and the ReLU
+    # that follows that (X/relu, where the net has one).
+    layers = set(re.findall(r'name: "([^"]+)"', net.read_text()))
+    expected = [(f"{x}/bn", f"{x}/scale", f"{x}/relu" if f"{x}/relu" in layers else "")
+                for x in sorted(name[:-len("/bn")] for name in layers if name.endswith("/bn"))] if fuse else []
+    assert sorted(fused) == expected
+    # Fused, a ResNet's convolution reorders its input and its top's gradient once a pass each
+    # (the weight gradient takes the forward pass's copy, the data gradient the weight
+    # gradient's), two passes here; each primitive its own copy without.
+    if net_label.startswith("resnet"):
+        convolutions = net.read_text().count('type: "Convolution"')
+        assert (0 < reorders <= 2 * 2 * convolutions) == fuse, (reorders, convolutions)
     if second_threads:  # its convolutions were made again for the second pass's thread count
         single = net_pass("cpu", "pass", net, weights, tmp / "batch.npz", tmp / f"{label}-single.npz", verbose=True)
         assert created == 2 * created_convolutions(single.stdout) > 0

@@ -94,7 +94,7 @@ def train(caffe, net_path, weights, inputs, out, steps):
 
 
 def main(argv):
-    caffe = engine.import_caffe()
+    caffe = engine.import_caffe(quiet=False)  # the tests read its INFO lines (which layers ran fused)
     caffe.set_mode_cpu()
     command, *args = argv
     {"init": init, "pass": one_pass, "train": train}[command](caffe, *args)
