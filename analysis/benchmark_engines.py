@@ -184,8 +184,8 @@ def torch_worker(specs):
 
 
 def timed(fn, steps):
-    """Seconds per call of fn, after one call untimed (the first after another engine or
-    net ran finds its buffers out of the caches)."""
+    """Seconds per call of fn, after one call untimed (the first call after another
+    engine or net ran is the slowest)."""
     fn()
     started = time.perf_counter()
     for _ in range(steps):
@@ -434,8 +434,9 @@ def main(argv=None):
             record = round_ > 0
             peak = sgemm_gflops()
             peaks.append(peak) if record else None
-            # Each round starts with another engine: the first in a round ran up to 1.5x slower
-            # than in other places (measured: the machine's sgemm runs just before it).
+            # Each round starts with another engine: whichever came first in a round, right
+            # after the sgemm, ran up to 1.5x slower than in other places (measured by
+            # swapping two engines).
             order = list(workers.items())
             order = order[round_ % len(order):] + order[:round_ % len(order)]
             for label in nets:

@@ -150,7 +150,7 @@ def input_reorders(onednn_verbose):
 
 
 def fused_layers(caffe_log):
-    """[(BatchNorm, Scale, ReLU or None)] the fast build ran as one layer, from its INFO lines."""
+    """[(BatchNorm, Scale, ReLU or "")] the fast build ran as one layer, from its INFO lines."""
     return re.findall(r"net\.cpp:\d+\] (\S+) runs (\S+)(?: and (\S+))?$", caffe_log, re.M)
 
 
