@@ -453,7 +453,7 @@ def main(argv=None):
                 for name in shared:
                     shared[name].append(cases[name]) if record else None
             for label in nets if args.layers and record else ():
-                for build, _ in ((n, w) for n, w in order if n in builds):
+                for build in (name for name, _ in order if name in builds):
                     layer_rounds[build, label].append(workers[build].time("layers", label, args.steps))
             print(f"round {round_}/{args.rounds} done{'' if record else ' (warm-up)'}", file=sys.stderr, flush=True)
         for worker in [*workers.values(), *twins.values(), *(w for n, w in sharers.items() if n not in workers)]:

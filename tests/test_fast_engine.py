@@ -228,7 +228,8 @@ def test_fast_build_matches_stock(builds, nets, label):
             reorders = input_reorders(result.stdout)
     # Fused, every BatchNorm of these nets (X/bn) ran its Scale (X/scale) and the ReLU
     # that follows that (X/relu, where the net has one).
-    layers = set(re.findall(r'name: "([^"]+)"', net.read_text()))
+    text = net.read_text()
+    layers = set(re.findall(r'name: "([^"]+)"', text))
     expected = [(f"{x}/bn", f"{x}/scale", f"{x}/relu" if f"{x}/relu" in layers else "")
                 for x in sorted(name[:-len("/bn")] for name in layers if name.endswith("/bn"))] if fuse else []
     assert sorted(fused) == expected
@@ -236,7 +237,7 @@ def test_fast_build_matches_stock(builds, nets, label):
     # (the weight gradient takes the forward pass's copy, the data gradient the weight
     # gradient's), two passes here; each primitive its own copy without.
     if net_label.startswith("resnet"):
-        convolutions = net.read_text().count('type: "Convolution"')
+        convolutions = text.count('type: "Convolution"')
         assert (0 < reorders <= 2 * 2 * convolutions) == fuse, (reorders, convolutions)
     if second_threads:  # its convolutions were made again for the second pass's thread count
         single = net_pass("cpu", "pass", net, weights, tmp / "batch.npz", tmp / f"{label}-single.npz", verbose=True)
