@@ -14,5 +14,14 @@ if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/slurmd ] || [ ! -x /usr/sbin
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
 cd "$ROOT"
+# Real runs leave real files: a run of the suite keeps about 1.5 GB under the temporary
+# folder, and pytest keeps the last three runs' folders. Said here, rather than as
+# failures in every fixture when the disk fills.
+tmp=${TMPDIR:-/tmp} need_gb=6
+free_gb=$(df -Pk "$tmp" | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "$free_gb" -lt "$need_gb" ]; then
+  echo "tests/run.sh: $free_gb GB free in $tmp, the suite needs $need_gb GB (old runs' folders: $tmp/pytest-of-$(id -un))" >&2
+  exit 1
+fi
 # -rs: every skipped test says why (a build or a tool this machine lacks).
 exec /usr/bin/python3 -m pytest -p no:cacheprovider -rs "$@" tests

@@ -35,6 +35,8 @@ build repeats a short training run bit for bit.
 """
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,15 @@ def nets(tmp_path_factory):
         paths[label] = tmp / f"{label}.prototxt"
         paths[label].write_text(text)
     return tmp, paths
+
+
+@pytest.fixture
+def scratch(nets):
+    """A folder for one test's blob dumps (up to 700 MB a pass), removed after the test:
+    kept, the suite's dumps filled 9 GB of every run's temporary folder."""
+    path = Path(tempfile.mkdtemp(dir=nets[0]))
+    yield path
+    shutil.rmtree(path)
 
 
 # Convolutions the ResNets do not have, through the same oneDNN path: bias, two
@@ -209,7 +220,7 @@ def created_convolutions(onednn_verbose):
 
 
 @pytest.mark.parametrize("label", PASSES)
-def test_fast_build_matches_stock(builds, nets, label):
+def test_fast_build_matches_stock(builds, nets, scratch, label):
     tmp, paths = nets
     net_label, second_threads, fuse = PASSES[label]
     net = paths[net_label]
@@ -217,7 +228,7 @@ def test_fast_build_matches_stock(builds, nets, label):
     net_pass("stock", "init", net, weights, 7)
     outputs = {}
     for variant in ("cpu", "stock"):
-        outputs[variant] = tmp / f"{label}-{variant}.npz"
+        outputs[variant] = scratch / f"{variant}.npz"
         threads = [second_threads] if variant == "cpu" and second_threads else []
         result = net_pass(variant, "pass", net, weights, tmp / "batch.npz", outputs[variant], *threads,
                           verbose=variant == "cpu", fuse=fuse)
@@ -240,14 +251,14 @@ def test_fast_build_matches_stock(builds, nets, label):
         convolutions = text.count('type: "Convolution"')
         assert (0 < reorders <= 2 * 2 * convolutions) == fuse, (reorders, convolutions)
     if second_threads:  # its convolutions were made again for the second pass's thread count
-        single = net_pass("cpu", "pass", net, weights, tmp / "batch.npz", tmp / f"{label}-single.npz", verbose=True)
+        single = net_pass("cpu", "pass", net, weights, tmp / "batch.npz", scratch / "single.npz", verbose=True)
         assert created == 2 * created_convolutions(single.stdout) > 0
     # The stock build's own float32 noise: the same batch in another order.
     permuted, order = permuted_batch(tmp)
-    net_pass("stock", "pass", net, weights, permuted, tmp / f"{label}-permuted.npz")
+    net_pass("stock", "pass", net, weights, permuted, scratch / "permuted.npz")
     fast, stock = np.load(outputs["cpu"]), np.load(outputs["stock"])
     ours = differences(fast, stock)
-    noise = differences(np.load(tmp / f"{label}-permuted.npz"), stock, order)
+    noise = differences(np.load(scratch / "permuted.npz"), stock, order)
     forward, backward = worst(ours, ("data:", "param:")), worst(ours, ("diff:", "param_diff:"))
     ratio = max((ours[k] / max(noise[k], FORWARD_RTOL / NOISE_FACTOR), k) for k in ours
                 if k.startswith(("diff:", "param_diff:")))
@@ -274,7 +285,7 @@ def solver_updates(variant, net, weights, inputs, out, steps):
 
 
 @pytest.mark.parametrize("label", ["resnet8", "stage2-kd"])
-def test_sgd_updates_match_stock_over_several_iterations(builds, nets, label):
+def test_sgd_updates_match_stock_over_several_iterations(builds, nets, scratch, label):
     """Three solver iterations (momentum, weight decay, the update itself): each parameter's
     total update agrees with the stock build's to within 10x its own order noise, and
     UPDATE_RTOL at least."""
@@ -285,7 +296,7 @@ def test_sgd_updates_match_stock_over_several_iterations(builds, nets, label):
     updates = {}
     for name, variant, inputs in (("fast", "cpu", tmp / "batch.npz"), ("stock", "stock", tmp / "batch.npz"),
                                   ("noise", "stock", permuted)):
-        updates[name] = solver_updates(variant, net, weights, inputs, tmp / f"{label}-{name}-sgd.npz", 3)
+        updates[name] = solver_updates(variant, net, weights, inputs, scratch / f"{name}.npz", 3)
 
     def relative(a, b):
         return {k: np.linalg.norm(a[k] - b[k]) / np.linalg.norm(b[k]) if np.linalg.norm(b[k]) else
@@ -298,13 +309,13 @@ def test_sgd_updates_match_stock_over_several_iterations(builds, nets, label):
     assert not over, f"{label}: updates beyond their own noise (difference, limit): {over}"
 
 
-def test_fast_build_repeats_a_short_training_run(builds, nets):
+def test_fast_build_repeats_a_short_training_run(builds, nets, scratch):
     """The same weights, batches and thread count: three SGD iterations give bit-identical
     parameters (no race in the threaded layers, no unseeded order)."""
     tmp, paths = nets
     net, weights = paths["resnet8"], tmp / "repeat.caffemodel"
     net_pass("stock", "init", net, weights, 3)
-    first, second = tmp / "repeat-1.npz", tmp / "repeat-2.npz"
+    first, second = scratch / "repeat-1.npz", scratch / "repeat-2.npz"
     for out in (first, second):
         net_pass("cpu", "train", net, weights, tmp / "batch.npz", out, 3)
     a, b = np.load(first), np.load(second)
