@@ -21,8 +21,20 @@ only the order of the batch changes. So each gradient must agree to
 NOISE_FACTOR times its own noise, measured in the same test (the stock build on
 the same batch permuted: blob by blob, so a late layer whose noise is 1e-6 gets
 no more room than that), at least FORWARD_RTOL and never more than BACKWARD_CAP.
+One exception: a ReLU whose input lies within those last bits of 0 passes the
+gradient in one build and not in the other (seen in the forward blobs: 0 in one,
+a tiny value in the other), and that one value changes every gradient the backward
+pass computes after it, by up to 1e-3 relative (two values of 524,288 in ResNet-20's
+last block moved a BatchNorm's gamma gradient by 3.5e-4, where the batch's order
+moved it by 2.9e-5). Reordering the batch changes only BatchNorm's sums and rarely
+flips a ReLU; the fast build's convolutions round every output differently and flip
+one or two in most layers: with the order noise alone, ResNet-20 failed for 3 of 5
+weight seeds (measured).
+So the gradients after such a ReLU in the backward pass (its layer's and the
+earlier layers') get FLIP_RTOL at least.
 A real mistake (a wrong pad, stride or layout, an overwritten instead of
-accumulated gradient) is off by order 1; a 1% error in one late gradient fails too.
+accumulated gradient) is off by order 1; a 1% error in one late gradient fails too
+(unless a ReLU flipped between it and the loss).
 
 The SGD update (momentum, weight decay, the threaded axpby of the fast build) is
 compared the same way over three solver iterations at lr 0.1, parameter by parameter,
@@ -51,6 +63,7 @@ INSTALL = REPO / "engine" / "install_caffe.sh"
 BATCH = 128
 FORWARD_RTOL = 1e-4
 NOISE_FACTOR = 10
+FLIP_RTOL = 1e-2
 BACKWARD_CAP = 5e-2
 UPDATE_RTOL = 5e-4
 
@@ -186,13 +199,39 @@ def worst(diffs, kinds):
     return max((value, key) for key, value in diffs.items() if key.startswith(kinds))
 
 
-def beyond_own_noise(ours, noise, kinds, floor=FORWARD_RTOL):
+def beyond_own_noise(ours, noise, kinds, floor=FORWARD_RTOL, flipped=()):
     """{key: (difference, limit)} of every array of those kinds that differs from the stock
-    build by more than NOISE_FACTOR times its own order noise (floor at least,
-    BACKWARD_CAP at most)."""
-    limits = {key: min(BACKWARD_CAP, max(NOISE_FACTOR * noise[key], floor))
+    build by more than NOISE_FACTOR times its own order noise (floor at least, FLIP_RTOL
+    for the keys in flipped, BACKWARD_CAP at most)."""
+    limits = {key: min(BACKWARD_CAP, max(NOISE_FACTOR * noise[key], floor, FLIP_RTOL if key in flipped else 0))
               for key in ours if key.startswith(kinds)}
     return {key: (ours[key], limit) for key, limit in limits.items() if ours[key] > limit}
+
+
+def after_flipped_relus(ours, stock, layers):
+    """The gradient keys that the backward pass computes after a ReLU that decided
+    differently in the two builds: a value 0 in one and, in the other, within
+    FORWARD_RTOL of the blob's size, in a blob the backward pass goes through (a frozen
+    teacher's do not count). layers: [(layer, tops)] in the net's order."""
+    def first(blob):
+        return next(i for i, (_, tops) in enumerate(layers) if blob in tops)
+
+    def last(blob):
+        return max(i for i, (_, tops) in enumerate(layers) if blob in tops)
+    flips = []
+    for key in stock.files:
+        if key.startswith("data:") and np.any(stock["diff:" + key[len("data:"):]]):
+            a, b = ours[key], stock[key]
+            tiny = FORWARD_RTOL * np.sqrt(np.mean(np.square(b, dtype=np.float64)))
+            flipped = ((a == 0) & (b > 0)) | ((a > 0) & (b == 0))
+            if np.any(flipped & (np.maximum(a, b) <= tiny)):
+                flips.append(last(key[len("data:"):]))
+    if not flips:
+        return set()
+    index = {name: i for i, (name, _) in enumerate(layers)}
+    position = {key: first(key[len("diff:"):]) if key.startswith("diff:") else index[key.split(":")[1]]
+                for key in stock.files if key.startswith(("diff:", "param_diff:"))}
+    return {key for key, i in position.items() if i <= max(flips)}
 
 
 def permuted_batch(tmp):
@@ -259,13 +298,14 @@ def test_fast_build_matches_stock(builds, nets, scratch, label):
     fast, stock = np.load(outputs["cpu"]), np.load(outputs["stock"])
     ours = differences(fast, stock)
     noise = differences(np.load(scratch / "permuted.npz"), stock, order)
+    flipped = after_flipped_relus(fast, stock, json.loads(outputs["stock"].with_suffix(".json").read_text()))
     forward, backward = worst(ours, ("data:", "param:")), worst(ours, ("diff:", "param_diff:"))
     ratio = max((ours[k] / max(noise[k], FORWARD_RTOL / NOISE_FACTOR), k) for k in ours
                 if k.startswith(("diff:", "param_diff:")))
     print(f"{label}: forward {forward[0]:.1e} ({forward[1]}), backward {backward[0]:.1e} ({backward[1]}), "
-          f"largest difference / own noise {ratio[0]:.2f} ({ratio[1]})")
+          f"largest difference / own noise {ratio[0]:.2f} ({ratio[1]}); {len(flipped)} gradients after a flipped ReLU")
     assert forward[0] <= FORWARD_RTOL, f"{label}: {forward[1]} differs by {forward[0]:.2e}"
-    over = beyond_own_noise(ours, noise, ("diff:", "param_diff:"))
+    over = beyond_own_noise(ours, noise, ("diff:", "param_diff:"), flipped=flipped)
     assert not over, f"{label}: gradients beyond their own noise (difference, limit): {over}"
     # Something was computed: losses, gradients of the learned parameters, and
     # (where asked for) the input's gradient are not zero.

@@ -15,7 +15,8 @@ of its own per build: the build is the one hintkd.engine finds
                                            if given (as when the fast build's thread
                                            count follows the free cores); OUT (.npz) holds
                                            every blob's data and diff and every
-                                           parameter's data and diff
+                                           parameter's data and diff, OUT with the suffix
+                                           .json the layers in order with their tops
     net_pass.py train NET WEIGHTS INPUTS OUT STEPS
                                            load WEIGHTS, then STEPS iterations of Caffe's SGD
                                            solver (momentum 0.9, weight decay 1e-4, lr 0.1) on
@@ -23,6 +24,7 @@ of its own per build: the build is the one hintkd.engine finds
                                            after them
 """
 import ctypes
+import json
 import sys
 from pathlib import Path
 
@@ -69,6 +71,7 @@ def one_pass(caffe, net_path, weights, inputs, out, second_threads=None):
             arrays[f"param:{name}:{i}"] = blob.data
             arrays[f"param_diff:{name}:{i}"] = blob.diff
     np.savez(out, **arrays)
+    Path(out).with_suffix(".json").write_text(json.dumps([[name, list(tops)] for name, tops in net.top_names.items()]))
 
 
 SOLVER = """net: "{net}"
