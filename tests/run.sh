@@ -15,8 +15,8 @@ if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/slurmd ] || [ ! -x /usr/sbin
 fi
 cd "$ROOT"
 # Real runs leave real files: a run of the suite keeps about 2 GB under the temporary
-# folder (1.9 GB measured), and pytest keeps the last three runs' folders. Said here, rather than as
-# failures in every fixture when the disk fills.
+# folder (1.9 GB measured), and pytest keeps the last three runs' folders. Said here
+# rather than as failures in every fixture when the disk fills.
 tmp=${TMPDIR:-/tmp} need_gb=6
 free_gb=$(df -Pk "$tmp" | awk 'NR == 2 { print int($4 / 1048576) }')
 if [ "$free_gb" -lt "$need_gb" ]; then

@@ -223,8 +223,8 @@ def after_flipped_relus(ours, stock, layers):
         if key.startswith("data:") and np.any(stock["diff:" + key[len("data:"):]]):
             a, b = ours[key], stock[key]
             tiny = FORWARD_RTOL * np.sqrt(np.mean(np.square(b, dtype=np.float64)))
-            flipped = ((a == 0) & (b > 0)) | ((a > 0) & (b == 0))
-            if np.any(flipped & (np.maximum(a, b) <= tiny)):
+            apart = ((a == 0) & (b > 0)) | ((a > 0) & (b == 0))
+            if np.any(apart & (np.maximum(a, b) <= tiny)):
                 flips.append(last(key[len("data:"):]))
     if not flips:
         return set()
