@@ -48,7 +48,6 @@ build repeats a short training run bit for bit.
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +115,11 @@ def nets(tmp_path_factory):
 
 
 @pytest.fixture
-def scratch(nets):
-    """A folder for one test's blob dumps (up to 700 MB a pass), removed after the test:
-    kept, the suite's dumps filled 9 GB of every run's temporary folder."""
-    path = Path(tempfile.mkdtemp(dir=nets[0]))
-    yield path
-    shutil.rmtree(path)
+def scratch(tmp_path):
+    """pytest's folder for one test, holding its blob dumps (up to 700 MB a pass), removed
+    after the test: kept, the suite's dumps filled 9 GB of every run's temporary folder."""
+    yield tmp_path
+    shutil.rmtree(tmp_path)
 
 
 # Convolutions the ResNets do not have, through the same oneDNN path: bias, two
@@ -213,11 +211,11 @@ def after_flipped_relus(ours, stock, layers):
     differently in the two builds: a value 0 in one and, in the other, within
     FORWARD_RTOL of the blob's size, in a blob the backward pass goes through (a frozen
     teacher's do not count). layers: [(layer, tops)] in the net's order."""
-    def first(blob):
-        return next(i for i, (_, tops) in enumerate(layers) if blob in tops)
-
-    def last(blob):
-        return max(i for i, (_, tops) in enumerate(layers) if blob in tops)
+    first, last = {}, {}  # the layers that write each blob: the first and the last
+    for i, (_, tops) in enumerate(layers):
+        for top in tops:
+            first.setdefault(top, i)
+            last[top] = i
     flips = []
     for key in stock.files:
         if key.startswith("data:") and np.any(stock["diff:" + key[len("data:"):]]):
@@ -225,11 +223,11 @@ def after_flipped_relus(ours, stock, layers):
             tiny = FORWARD_RTOL * np.sqrt(np.mean(np.square(b, dtype=np.float64)))
             apart = ((a == 0) & (b > 0)) | ((a > 0) & (b == 0))
             if np.any(apart & (np.maximum(a, b) <= tiny)):
-                flips.append(last(key[len("data:"):]))
+                flips.append(last[key[len("data:"):]])
     if not flips:
         return set()
     index = {name: i for i, (name, _) in enumerate(layers)}
-    position = {key: first(key[len("diff:"):]) if key.startswith("diff:") else index[key.split(":")[1]]
+    position = {key: first[key[len("diff:"):]] if key.startswith("diff:") else index[key.split(":")[1]]
                 for key in stock.files if key.startswith(("diff:", "param_diff:"))}
     return {key for key, i in position.items() if i <= max(flips)}
 
