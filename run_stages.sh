@@ -11,6 +11,7 @@
 #   --quick               every iteration count scaled down for a smoke run
 #   --scale F             every iteration count of the paper times F
 #   --source PATH         dataset archive or folder on disk (default: download)
+#   --no-md5              accept a --source that is not the official file (a subset)
 #   --out DIR             where data and runs go (default: $HINTKD_OUT or ./runs)
 #   --seed N              the weight-initialisation seed (default: 1)
 #   --nets K              Stage 2 runs per method (default: 3, the paper's Nets 1-3)
@@ -49,14 +50,15 @@ if [ "${1:-}" = reproduce ]; then  # one table or figure: its runs through this 
 fi
 parsed=$(PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.options run "$@") || exit
 [ -n "$parsed" ] || exit 0  # --help
-# Sets dataset, out, source, status and variant (the CUDA build for a GPU, else a CPU build).
+# Sets dataset, out, source, no_md5, status and variant (the CUDA build for a GPU, else a CPU build).
 eval "$parsed"
 export HINTKD_CAFFE_VARIANT=$variant
 if [ -z "$status" ]; then
   # 1. Caffe, built once per machine into a shared prefix.
   "$ROOT/engine/install_caffe.sh" >/dev/null
   # 2. Data, prepared once per output folder.
-  "$PYTHON" "$ROOT/data_prep/prepare.py" "$dataset" --out "$out/data/$dataset" ${source:+--source "$source"} || exit
+  "$PYTHON" "$ROOT/data_prep/prepare.py" "$dataset" --out "$out/data/$dataset" ${source:+--source "$source"} \
+    ${no_md5:+--no-md5} || exit
 fi
 
 # 3. The method's stages, each after the stages whose weights it starts from, then the

@@ -60,10 +60,11 @@ def dry_run(study, source=None):
     return to_go
 
 
-def prepare(study, source):
+def prepare(study, source, no_md5=False):
     data = study.out / "data" / study.dataset
     command = [engine.SYSTEM_PYTHON, str(ROOT / "data_prep" / "prepare.py"), study.dataset, "--out", str(data)]
-    return subprocess.run(command + (["--source", source] if source else [])).returncode == 0
+    command += (["--source", source] if source else []) + (["--no-md5"] if no_md5 else [])
+    return subprocess.run(command).returncode == 0
 
 
 def main(argv=None):
@@ -78,7 +79,7 @@ def main(argv=None):
         # Every stage process takes the same build: the CUDA one for a GPU.
         os.environ["HINTKD_CAFFE_VARIANT"] = options.engine_variant(args)
         if not args.report_only:
-            if not (args.status or prepare(study, args.source)):
+            if not (args.status or prepare(study, args.source, args.no_md5)):
                 return 1
             runs = [study.run_options(method) for method in study.methods()]
             nodes = graph.build(runs, write=not args.status)

@@ -129,11 +129,14 @@ class LogParser:
 
 
 def parse_file(path):
-    """Parses a log, plain or .gz; a damaged file gives what could be read and a warning."""
+    """Parses a log, plain or .gz; a damaged file gives what could be read and a warning.
+    A path that is not a readable file raises OSError naming it (FileNotFoundError, ...):
+    a missing log is not an empty one."""
     opener = gzip.open if str(path).endswith(".gz") else open
     parser = LogParser()
+    f = opener(path, "rt", errors="replace")
     try:
-        with opener(path, "rt", errors="replace") as f:
+        with f:
             for line in f:
                 parser.feed(line)
     except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz

@@ -289,12 +289,18 @@ def check_execution(parser, args):
         parser.error(f"{given[0]} is an option of --slurm")
 
 
+def add_data_options(parser):
+    parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk (default: download)")
+    parser.add_argument("--no-md5", action="store_true",
+                        help="accept a --source that is not the official file (a subset or a re-encoding)")
+
+
 def run_parser():
     """run_stages.sh DATASET TEACHER STUDENT METHOD [options]: each net a depth or a prototxt"""
     parser = OneLineParser(prog=PROG)
     add_run_options(parser)
     add_device_options(parser)
-    parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk (default: download)")
+    add_data_options(parser)
     parser.add_argument("--out", default=os.environ.get("HINTKD_OUT", "runs"),
                         help="where data and runs go (default: $HINTKD_OUT or ./runs)")
     add_execution_options(parser)
@@ -318,7 +324,7 @@ def reproduce_parser(prog=f"{PROG} reproduce", description=None):
     scale.add_argument("--quick", action="store_true", help="--scale from solvers/schedules.json (a smoke run)")
     parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 nets per method (paper: 3)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--source", type=existing_path, help="dataset archive or folder on disk")
+    add_data_options(parser)
     add_device_options(parser)
     add_execution_options(parser)
     return parser
@@ -343,7 +349,7 @@ def shell_assignments(argv):
     args = parser.parse_args(argv)
     check_source(parser, args)
     values = {"dataset": args.dataset, "out": str(Path(args.out).resolve()),
-              "source": str(Path(args.source).resolve()) if args.source else "",
+              "source": str(Path(args.source).resolve()) if args.source else "", "no_md5": "yes" if args.no_md5 else "",
               "status": "yes" if args.status else "", "variant": engine_variant(args)}
     return "\n".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
 

@@ -407,8 +407,9 @@ def curve_figure(study, rows, reference):
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, row in enumerate(rows):
         cell = next((c for c in row.cells if c.status == "done"), None)
-        if cell is None:
-            acc_ax.plot([], [], color=f"C{i}", label=f"{row.label}: {_status(row.cells) or 'missing'}")
+        if cell is None or not Path(cell.summary["log"]).is_file():
+            missing = "log missing" if cell else _status(row.cells) or "missing"
+            acc_ax.plot([], [], color=f"C{i}", label=f"{row.label}: {missing}")
             continue
         tests = caffelog.parse_file(cell.summary["log"]).test_records()
         name = caffelog.accuracy_name(tests)

@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("HINTKD_SHARED", REPO.parent / "shared"))  # CI keeps shared/ beside the clone
-SHARED_MNIST = SHARED / "data" / "mnist"
+# Real data that ships with the tests (tests/data/README.md: sources, licences, checksums):
+# the suite reads nothing outside the clone.
+TEST_DATA = REPO / "tests" / "data"
+MNIST = TEST_DATA / "mnist"  # the first 2,000 training and 1,000 test images, official IDX format
+CIFAR10_JPEG = TEST_DATA / "cifar10-jpeg-subset.tar.gz"  # 100 training and 20 test JPEGs a class
+CAFFE_LOGS = TEST_DATA / "caffe-logs"  # real Caffe logs written elsewhere
 sys.path.insert(0, str(REPO))
 
 from hintkd import engine, lmdb_data  # noqa: E402
@@ -50,8 +54,7 @@ def digits_data(tmp_path_factory):
 def mnist_2k(tmp_path_factory):
     """The first 2,000 training and 1,000 test images of the real MNIST files."""
     folder = tmp_path_factory.mktemp("data") / "mnist"
-    python(REPO / "data_prep" / "prepare.py", "mnist", "--source", SHARED_MNIST, "--out", folder,
-           "--train-limit", "2000", "--test-limit", "1000")
+    python(REPO / "data_prep" / "prepare.py", "mnist", "--source", MNIST, "--no-md5", "--out", folder)
     return folder
 
 

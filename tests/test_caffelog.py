@@ -1,10 +1,8 @@
 """The Caffe log reader on real logs written elsewhere and on our own."""
 import pytest
 
-from conftest import SHARED
+from conftest import CAFFE_LOGS as LOGS
 from hintkd import caffelog
-
-LOGS = SHARED / "data" / "caffe-logs"
 
 
 @pytest.mark.parametrize("name,final,best,best_iteration", [
@@ -45,3 +43,11 @@ I20261122 07:20:36.988454  7128 solver.cpp:413]     Test net output #0: accuracy
 """)
     assert parsed.train[360]["total_loss"] == 0.0416398
     assert parsed.test[360] == {"iteration": 360, "seconds": pytest.approx(39.082637), "accuracy": 0.9758}
+
+
+@pytest.mark.parametrize("name", ["no-such.log", "no-such.log.gz", "a-folder"])
+def test_a_log_that_is_not_there_is_an_error_naming_it(tmp_path, name):
+    """A missing log (or a folder given for one) is an error with its path, never an empty log."""
+    (tmp_path / "a-folder").mkdir()
+    with pytest.raises(OSError, match=str(tmp_path / name)):
+        caffelog.parse_file(tmp_path / name)

@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import (REPO, SHARED, SHARED_MNIST, manifest, python, read_lmdb, write_cifar_archive,
+from conftest import (CIFAR10_JPEG, MNIST, REPO, TEST_DATA, manifest, python, read_lmdb, write_cifar_archive,
                       write_image_folder, write_mnist_folder)
 from hintkd import datasets, lmdb_data
 
@@ -78,14 +78,14 @@ def test_shuffle_is_fixed_by_the_seed(tmp_path):
 
 def test_real_mnist_idx_files(tmp_path):
     out = tmp_path / "mnist"
-    prepare("mnist", SHARED_MNIST, out, "--train-limit", "500", "--test-limit", "100")
+    prepare("mnist", MNIST, out, "--no-md5", "--train-limit", "500", "--test-limit", "100")
     m = manifest(out)
     assert (m["train_count"], m["test_count"], m["image_size"], m["channels"]) == (500, 100, 28, 1)
     assert m["mean"] is None and m["scale"] == pytest.approx(1 / 256)
     test_images, test_labels = read_lmdb(out, "test")
     # The official test labels begin 7 2 1 0 4 1 4 9 5 9.
     assert test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    with gzip.open(SHARED_MNIST / "t10k-images-idx3-ubyte.gz") as f:
+    with gzip.open(MNIST / "t10k-images-idx3-ubyte.gz") as f:
         first = np.frombuffer(f.read()[16:16 + 784], np.uint8).reshape(28, 28)
     assert np.array_equal(test_images[0, 0], first)
 
@@ -174,13 +174,37 @@ def test_interrupted_write_leaves_no_prepared_folder(tmp_path, monkeypatch):
     assert_nothing_written(tmp_path / "c")
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "cifar10-jpeg.tar.gz").exists(), reason="shared CIFAR-10 JPEGs absent")
 def test_real_cifar10_jpeg_folder_reads_as_cifar10(tmp_path):
     """The real JPEG re-encoding of CIFAR-10 (an image folder) gives CIFAR-10's layout."""
-    data = datasets.load("cifar10", SHARED / "data" / "cifar10-jpeg.tar.gz")
+    data = datasets.load("cifar10", CIFAR10_JPEG)
     assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    assert data.train_images.shape == (50000, 3, 32, 32) and data.test_images.shape == (10000, 3, 32, 32)
-    assert np.bincount(data.test_labels).tolist() == [1000] * 10
+    assert data.train_images.shape == (1000, 3, 32, 32) and data.test_images.shape == (200, 3, 32, 32)
+    assert np.bincount(data.train_labels).tolist() == [100] * 10 and np.bincount(data.test_labels).tolist() == [20] * 10
+    assert data.train_images.std() > 40  # real photographs, not a flat fill
+
+
+def test_the_shipped_data_is_what_its_readme_lists():
+    """Every file under tests/data is in SHA256SUMS with its digest, and every listed file
+    is there: a subset changed by hand, or made again differently, fails here."""
+    listed = dict(reversed(line.split("  ", 1)) for line in (TEST_DATA / "SHA256SUMS").read_text().splitlines())
+    present = {str(p.relative_to(TEST_DATA)) for p in TEST_DATA.rglob("*") if p.is_file()
+               and p.name not in ("SHA256SUMS", "README.md", "make_subsets.py") and "__pycache__" not in p.parts}
+    assert set(listed) == present
+    for name, digest in listed.items():
+        assert datasets.file_digest(TEST_DATA / name) == digest, name
+    readme = (TEST_DATA / "README.md").read_text()
+    assert all(top in readme for top in {name.split("/")[0] for name in listed})
+
+
+def test_the_mnist_subset_is_the_official_files_first_images(tmp_path):
+    """The shipped MNIST files are the official ones cut short: their headers give the
+    kept counts, the official first training labels, and the MD5 check refuses them as
+    the official files unless --no-md5 says so."""
+    data = datasets.load("mnist", MNIST, verify_md5=False)
+    assert (len(data.train_labels), len(data.test_labels)) == (2000, 1000)
+    assert data.train_labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    result = prepare("mnist", MNIST, tmp_path / "refused", check=False)
+    assert result.returncode == 1 and "MD5 mismatch" in result.stderr and "--no-md5" in result.stderr
 
 
 def test_prepared_folder_is_reused_not_rewritten(tmp_path, digits_data):

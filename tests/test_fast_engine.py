@@ -53,10 +53,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, python, run
+from conftest import CIFAR10_JPEG, REPO, python, run
 from hintkd import datasets, lmdb_data, netgen, plan
 
-SHARED_CIFAR = SHARED / "data" / "cifar10-jpeg.tar.gz"
 NET_PASS = REPO / "tests" / "helpers" / "net_pass.py"
 INSTALL = REPO / "engine" / "install_caffe.sh"
 BATCH = 128
@@ -89,7 +88,7 @@ def nets(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fast_engine")
     # 13 real images of each class: 128 of them are the batch, and the planner
     # needs a prepared dataset (its manifest's mean) to write the stage nets.
-    sample = datasets.load("cifar10", SHARED_CIFAR, per_class=13)
+    sample = datasets.load("cifar10", CIFAR10_JPEG, per_class=13)
     lmdb_data.write_dataset(sample, datasets.dataset_info("cifar10"), tmp / "data")
     manifest = json.loads((tmp / "data" / "manifest.json").read_text())
     images = sample.train_images[:BATCH].astype(np.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, python, run
+from conftest import CIFAR10_JPEG, REPO, python, run
 from hintkd import engine, handoff, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
@@ -27,8 +27,8 @@ CHANCE = 0.1
 def out(tmp_path_factory):
     """An output folder holding 1,000 training and 200 test images of the real CIFAR-10."""
     out = tmp_path_factory.mktemp("own_nets")
-    python(REPO / "data_prep" / "prepare.py", "cifar10", "--source", SHARED / "data" / "cifar10-jpeg.tar.gz",
-           "--out", out / "data" / "cifar10", "--train-limit", "1000", "--test-limit", "200")
+    python(REPO / "data_prep" / "prepare.py", "cifar10", "--source", CIFAR10_JPEG,
+           "--out", out / "data" / "cifar10")
     return out
 
 

@@ -10,10 +10,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, SCALE, SHARED, out_with_data, run
+from conftest import CAFFE_LOGS as LOGS, REPO, SCALE, out_with_data, run
 from hintkd import caffelog
 
-LOGS = SHARED / "data" / "caffe-logs"
 PARSE_LOG = str(REPO / "analysis" / "parse_log.py")
 RUN_STAGES = str(REPO / "run_stages.sh")
 DIGITS = ["--dataset", "digits", "--depths", "14,8", "--scale", SCALE]

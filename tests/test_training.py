@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_MNIST, python, run
+from conftest import MNIST, REPO, python, run
 from hintkd import engine, plan, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
@@ -148,11 +148,12 @@ def test_a_source_other_than_the_prepared_one_is_refused(tmp_path, mnist_2k):
     os.symlink(mnist_2k, out / "data" / "mnist")
     other = tmp_path / "other-mnist"
     other.mkdir()
-    for f in SHARED_MNIST.iterdir():
-        (other / f.name).write_bytes(f.read_bytes()[:-1] + b"\x00")  # one byte changed
+    for f in MNIST.iterdir():
+        raw = f.read_bytes()
+        (other / f.name).write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # one byte changed
     result = run([RUN_STAGES, "mnist", "14", "8", "student", "--source", str(other), "--out", str(out)], check=False)
     assert result.returncode != 0
-    assert f"was prepared from {SHARED_MNIST.resolve()}" in result.stderr and f"--source {other}" in result.stderr
+    assert f"was prepared from {MNIST.resolve()}" in result.stderr and f"--source {other}" in result.stderr
     assert not list(out.glob("mnist/student-*"))
 
 
