@@ -30,6 +30,7 @@
 # snapshot; two processes never train one stage at once (a stage lock), so
 # several drivers may share an output folder.
 set -euo pipefail
+export HINTKD_STARTED=${EPOCHREALTIME/,/.}  # --time-limit counts from here (hintkd/graph.py)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=/usr/bin/python3

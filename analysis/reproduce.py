@@ -22,10 +22,10 @@ from hintkd import engine  # noqa: E402
 
 engine.use_system_python()
 
-from hintkd import estimate, graph, netgen, options, plan, report, train  # noqa: E402
+from hintkd import estimate, graph, netgen, options, plan, report, stagestate, train  # noqa: E402
 
 
-def dry_run(study, source=None):
+def dry_run(study, source=None, time_limit=None):
     """Prints every run with its stages' progress, the time left on this machine and
     where the data comes from; returns the iterations still to go."""
     print(f"{study.name}: {study.spec['title']}")
@@ -57,6 +57,11 @@ def dry_run(study, source=None):
     warning = estimate.busy_warning(estimator)
     if warning:
         print(f"  {warning}")
+    if time_limit:
+        labels = {stage: planner.labels[stage] for planner in planners.values() for stage in planner.stages}
+        done_of = {stage: (d, t) for stages in progress.values() for stage, d, t in stages}
+        print("  " + estimate.within(time_limit, [(labels[stage], *done_of[stage], seconds)
+                                                  for stage, (_, seconds) in left_of.items()]))
     return to_go
 
 
@@ -74,7 +79,7 @@ def main(argv=None):
         study = report.Study(args.target, Path(args.out), args.dataset, args.depths,
                              netgen.quick_scale() if args.quick else args.scale, args.nets, args.seed)
         if args.dry_run:
-            dry_run(study, args.source)
+            dry_run(study, args.source, args.time_limit)
             return 0
         # Every stage process takes the same build: the CUDA one for a GPU.
         os.environ["HINTKD_CAFFE_VARIANT"] = options.engine_variant(args)
@@ -92,15 +97,15 @@ def main(argv=None):
             code = graph.execute(runs, nodes, args, final_command, finish_runs=unfinished, show_comparisons=False)
             if code or args.status or args.slurm:
                 if code == train.STOPPED:
-                    print("reproduce.py: stopped; run the same command again to resume from the last snapshots",
-                          file=sys.stderr)
+                    print(f"reproduce.py: {graph.stop_reason(args)}; run the same command again to resume from "
+                          "the last snapshots", file=sys.stderr)
                 elif code and not args.status:
                     print("reproduce.py: error: a stage did not finish (see above); the table is not built "
                           "(--report-only builds it from what is finished)", file=sys.stderr)
                 return code
         if args.report_only:
             runs = [study.run_options(method) for method in study.methods()]
-            if not any(train.is_finished(f) for f in graph.build(runs, write=False)):
+            if not any(stagestate.is_finished(f) for f in graph.build(runs, write=False)):
                 print(f"reproduce.py: error: --report-only: nothing of {study.name} is finished in {study.out} "
                       f"(runs missing: {', '.join(opts.method for opts in runs)}); without --report-only "
                       "they are trained first", file=sys.stderr)

@@ -155,6 +155,28 @@ def stage_seconds(planner, folder, done, total, per_iter):
     return seconds
 
 
+def within(limit, stages):
+    """One line: what `limit` seconds finish, one stage at a time in this order, at the
+    estimated speeds. stages: [(label, iterations done, total, seconds left or None)]."""
+    finished, clock = [], 0.0
+    for label, done, total, seconds in stages:
+        if done >= total:
+            continue
+        if seconds is None:
+            return (f"within {hms(limit)}: {len(finished)} more stage(s) finish, then {label} has no speed "
+                    "measured yet (--dry-run times each net)")
+        if clock + seconds > limit:
+            so_far = f"within {hms(limit)}: {len(finished)} more stage(s) finish" + (
+                f" ({', '.join(finished)})" if finished else "")
+            if limit - clock < train.MIN_PIECE_SECONDS:  # the driver does not start it (hintkd/train.py)
+                return f"{so_far}; {label} starts in the next piece"
+            reached = done + int((total - done) * (limit - clock) / seconds)
+            return f"{so_far}, then {label} stops at about iteration {reached} of {total}, after a snapshot"
+        clock += seconds
+        finished.append(label)
+    return f"within {hms(limit)}: every stage finishes (about {hms(clock)})"
+
+
 def data_needs(dataset, data_dir, source):
     """One line: where the study's data comes from."""
     if lmdb_data.is_prepared(data_dir):

@@ -15,7 +15,6 @@ process lose most of their speed); the stage lock in hintkd.train keeps two
 processes off one stage, so several drivers may share an output folder.
 """
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,11 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hintkd import engine, estimate, options, plan, report, slurm, summary, train
+from hintkd import engine, estimate, options, plan, report, slurm, stagestate, summary, train
+from hintkd.stagestate import is_finished
 
 PROGRESS_LOG = "progress.log"  # a running stage's console lines, when several run at once
 STATUS_EVERY = 30  # seconds between status lines
-STATES = ("done", "running", "queued", "stopped", "waiting", "failed", "blocked")
+STATES = ("done", "running", "queued", "stopped", "waiting", "failed", "blocked")  # with a scheduler's
 
 
 @dataclass
@@ -56,32 +56,6 @@ def stages_of(nodes, opts):
     return [folder for folder, node in nodes.items() if opts in node.runs]
 
 
-def iterations_done(folder, total):
-    """Iterations a stage has trained: all when finished, else the last its Caffe log reached."""
-    if train.is_finished(folder):
-        return total
-    log = folder / "caffe.log"
-    logged = 0
-    if log.exists():
-        with open(log, "rb") as f:
-            f.seek(max(0, log.stat().st_size - 65536))
-            found = re.findall(rb"Iteration (\d+)", f.read())
-        logged = min(int(found[-1]), total) if found else 0
-    return max(logged, train.last_snapshot(folder))
-
-
-def file_state(folder):
-    """What the stage's files say: done, failed, running (a process here holds its lock),
-    stopped (it has a snapshot to resume from) or waiting."""
-    if train.is_finished(folder):
-        return "done"
-    if train.is_running(folder):
-        return "running"
-    if train.failure(folder):
-        return "failed"
-    return "stopped" if train.complete_snapshots(folder) else "waiting"
-
-
 def threads_per_stage(jobs):
     """OMP_NUM_THREADS as the user set it, else the cores shared out over the jobs."""
     return os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
@@ -96,15 +70,18 @@ class Runner:
     inputs finish. One at a time, a stage writes to the terminal; several at once, each
     writes to its progress.log and a status line comes every STATUS_EVERY seconds."""
 
-    def __init__(self, nodes, jobs=1, gpus=None, out=sys.stdout):
+    def __init__(self, nodes, jobs=1, gpus=None, out=sys.stdout, deadline=None):
         self.nodes, self.jobs, self.gpus, self.out = nodes, jobs, gpus or [], out
+        self.deadline = deadline  # Unix time of --time-limit, or None
+        self.out_of_time = False  # a stage was left waiting (or stopped) by the time limit
+        self.past_deadline = False
         self.running, self.failed, self.stopped, self.cancelled = {}, {}, set(), set()
         self.device_of = {}  # stage folder -> the GPU it was started on
         self.last_status = 0.0
         self.interrupted = False  # stopped by SIGINT or SIGTERM
 
     def state(self, folder):
-        if train.is_finished(folder):
+        if is_finished(folder):
             return "done"
         for state, members in (("running", self.running), ("failed", self.failed), ("stopped", self.stopped),
                                ("cancelled", self.cancelled)):
@@ -113,8 +90,15 @@ class Runner:
         return "waiting"
 
     def ready(self):
-        return [f for f, n in self.nodes.items() if self.state(f) == "waiting"
-                and all(train.is_finished(need) for need in n.needs)]
+        ready = [f for f, n in self.nodes.items() if self.state(f) == "waiting"
+                 and all(is_finished(need) for need in n.needs)]
+        if ready and self.deadline is not None and self.deadline - time.time() < train.MIN_PIECE_SECONDS:
+            if not self.out_of_time:
+                self.say(f"time limit: {max(0, self.deadline - time.time()):.0f} s left, less than a stage's "
+                         f"{train.MIN_PIECE_SECONDS} s piece; {len(ready)} ready stage(s) start when run again")
+            self.out_of_time = True
+            return []
+        return ready
 
     def say(self, text):
         say(text, self.out)
@@ -123,6 +107,7 @@ class Runner:
         command = [engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(folder)]
         device = self.least_busy_gpu()
         command += ["--gpu", str(device)] if device is not None else []
+        command += ["--stop-at", f"{self.deadline:.3f}"] if self.deadline is not None else []
         env = dict(os.environ, PYTHONPATH=str(engine.REPO), OMP_NUM_THREADS=threads_per_stage(self.jobs))
         log = open(folder / PROGRESS_LOG, "a") if self.jobs > 1 else None
         # One at a time, the stage writes to the terminal (log None: inherited).
@@ -153,6 +138,7 @@ class Runner:
                     self.say(f"finished {label}")
             elif ended == "stopped":
                 self.stopped.add(folder)
+                self.out_of_time = self.out_of_time or self.deadline is not None and not self.interrupted
                 self.say(f"stopped {label} after a snapshot; it resumes from there when run again")
             else:
                 self.failed[folder] = process.returncode
@@ -190,7 +176,7 @@ class Runner:
     def run(self):
         """Runs until nothing more can start; returns True when every stage is done."""
         for folder, node in self.nodes.items():
-            if train.is_finished(folder):
+            if is_finished(folder):
                 print(f"[{node.label}] finished earlier: {folder / train.SUMMARY}", file=self.out, flush=True)
         if self.jobs > 1:
             self.status(force=True)
@@ -203,6 +189,12 @@ class Runner:
                 if not self.running:
                     break
                 self.status()
+                if self.deadline is not None and time.time() > self.deadline and not self.past_deadline:
+                    # A backstop: each stage stops itself before the limit; one that did not
+                    # (a step longer than any before it) is told to, and stops after that step.
+                    self.out_of_time = self.past_deadline = True
+                    for process, _ in self.running.values():
+                        process.send_signal(signal.SIGTERM)
                 time.sleep(0.2)
         except KeyboardInterrupt:
             self.interrupted = True
@@ -217,31 +209,31 @@ class Runner:
                     log.close()
         if self.jobs > 1 or self.failed:
             self.status(force=True)
-        return all(train.is_finished(f) for f in self.nodes)
+        return all(is_finished(f) for f in self.nodes)
 
 
-def print_status(nodes, out=sys.stdout):
+def print_status(nodes, out=sys.stdout, time_limit=None):
     """Each stage's state (with its Slurm job, when one has it), iterations and time left
     at the speed this machine or cluster measured for it or for a stage like it."""
     jobs = slurm.jobs_of(nodes)
     estimator = estimate.Estimator()
     own_speed = {folder: estimator.learn(folder) for folder in nodes}  # all learned before any is estimated
     counts, states, seconds_left, unknown, total_done = {}, {}, 0.0, 0, 0
-    rows = []
+    rows, timeline = [], []  # timeline: (label, done, total, seconds left) for estimate.within
     for folder, node in nodes.items():
-        state, where = file_state(folder), ""
+        state, where = stagestate.state(folder), ""
         job = jobs.get(folder)
         if state != "done" and job:
             state = "running" if job.state in slurm.RUNNING else "queued"
             where = f"job {job.id} {job.state.lower()}"
         elif state == "failed":
-            where = f"log {train.failure(folder)['log']}"
+            where = f"log {stagestate.failure(folder)['log']}"
         elif state == "waiting" and (stuck := [n for n in node.needs if states.get(n) in ("failed", "blocked")]):
             which = "failed" if states[stuck[0]] == "failed" else "is blocked"
             state, where = "blocked", f"needs {nodes[stuck[0]].label}, which {which}"
         elif state == "running":
             where = "on this machine"
-        done = iterations_done(folder, node.total)
+        done = stagestate.iterations_done(folder, node.total, running=state == "running")
         total_done += done
         speed = own_speed[folder] or estimator.by_kind.get(estimate.kind_of(folder))
         if done < node.total:
@@ -254,6 +246,7 @@ def print_status(nodes, out=sys.stdout):
             left = 0.0
         states[folder] = state
         counts[state] = counts.get(state, 0) + 1
+        timeline.append((node.label, done, node.total, left if done == node.total or speed else None))
         rows.append((node.label, state, f"{done}/{node.total}",
                      estimate.hms(left) if done == node.total or speed else "?", where, folder))
     widths = [max(len(str(r[i])) for r in rows + [("stage", "state", "iterations", "left", "", "")])
@@ -271,6 +264,8 @@ def print_status(nodes, out=sys.stdout):
         left = (f"time left: about {estimate.hms(seconds_left)}" + (f", plus {unknown} not yet measured" if unknown else "")
                 + " (one stage at a time, at the speeds measured so far)")
     print(f"iterations: {total_done}/{total}; {left}", file=out)
+    if time_limit:
+        print(estimate.within(time_limit, timeline), file=out)
     return counts
 
 
@@ -281,7 +276,13 @@ def finish(opts, nodes, show_comparison=True):
 
 
 def is_done(nodes, opts):
-    return all(train.is_finished(f) for f in stages_of(nodes, opts))
+    return all(is_finished(f) for f in stages_of(nodes, opts))
+
+
+def call_started():
+    """When the user's call began: run_stages.sh sets HINTKD_STARTED first thing, so a
+    --time-limit includes building Caffe and preparing the data; else now."""
+    return float(os.environ.get("HINTKD_STARTED") or time.time())
 
 
 def execute(runs, nodes, args, final_command, finish_runs=None, show_comparisons=True):
@@ -289,21 +290,27 @@ def execute(runs, nodes, args, final_command, finish_runs=None, show_comparisons
     (build(runs, write=not args.status)): --status, --slurm, or the unfinished stages
     trained here; then each run of `finish_runs` (default: every run) that is finished
     gets its summary (its comparison with the paper printed when show_comparisons, else
-    only written). Returns an exit code: train.STOPPED when a signal stopped the run
+    only written). --time-limit counts from the call's start (call_started()).
+    Returns an exit code: train.STOPPED when a signal or the time limit stopped the run
     (run it again to resume), 1 when a stage failed."""
     if args.status:
-        counts = print_status(nodes)
+        counts = print_status(nodes, time_limit=args.time_limit)
         return 1 if counts.get("failed") else 0
     if args.slurm:
         return slurm.submit(nodes, args, final_command)
-    runner = Runner(nodes, args.jobs, args.gpu)
+    limit = getattr(args, "time_limit", None)
+    runner = Runner(nodes, args.jobs, args.gpu, deadline=call_started() + limit if limit else None)
     done = runner.run()
     for opts in runs if finish_runs is None else finish_runs:
         if is_done(nodes, opts):
             finish(opts, nodes, show_comparisons)
     if done:
         return 0
-    return train.STOPPED if runner.interrupted and not runner.failed else 1
+    return train.STOPPED if (runner.interrupted or runner.out_of_time) and not runner.failed else 1
+
+
+def stop_reason(args):
+    return f"stopped by --time-limit {options.slurm_time(args.time_limit)}" if args.time_limit else "stopped"
 
 
 def main(argv=None):
@@ -320,7 +327,7 @@ def main(argv=None):
         print(f"run_stages.sh: error: {e}", file=sys.stderr)
         return 1
     if code == train.STOPPED:
-        print("run_stages.sh: stopped; run the same command again to resume from the last snapshots",
+        print(f"run_stages.sh: {stop_reason(args)}; run the same command again to resume from the last snapshots",
               file=sys.stderr)
     elif code and not args.status and not args.slurm:
         print("run_stages.sh: a stage did not finish (see above); run the same command again to resume",

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -162,6 +163,20 @@ def numbers(kind):
     return parse
 
 
+def duration(text):
+    """'15s', '90m', '2h30m', '1h5m10s' -> seconds."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+    seconds = 3600 * int(match[1] or 0) + 60 * int(match[2] or 0) + int(match[3] or 0) if match else 0
+    if not seconds:
+        raise argparse.ArgumentTypeError(f"expected a duration like 15s, 90m or 2h30m, got '{text}'")
+    return seconds
+
+
+def slurm_time(seconds):
+    """Seconds as sbatch --time reads them: hours:minutes:seconds."""
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def hints(text):
     """'stage1,stage2:stage2,block4:block2' -> [(teacher point, student point), ...]"""
     pairs = []
@@ -237,6 +252,10 @@ def add_execution_options(parser):
                               "(default 1)"),
         how.add_argument("--status", action="store_true",
                          help="each stage's state, iterations done and time left; trains nothing"),
+        how.add_argument("--time-limit", type=duration, metavar="DURATION",
+                         help="stop cleanly within DURATION (15s, 90m, 2h30m) of the stages' start: each running "
+                              "stage snapshots and the call exits 75, the same command resumes; with --status, what "
+                              "finishes within it; with --slurm, each job's --time"),
         how.add_argument("--slurm", action="store_true",
                          help="submit the unfinished stages as Slurm jobs whose dependencies mirror the graph, "
                               "and a last job that builds the results"),
@@ -281,6 +300,8 @@ def check_execution(parser, args):
                      "spread over these GPUs (with --slurm: --gpu 0 and --gres gpu:1)")
     if args.status and (args.slurm or args.jobs > 1):
         parser.error("--status trains nothing: give it without --slurm and --jobs")
+    if args.slurm and args.time_limit and args.time:
+        parser.error("--time-limit sets each job's --time under --slurm: give one of the two")
     if args.slurm and args.jobs > 1:
         parser.error("--jobs is for this machine; with --slurm the cluster runs the stages (see --array-throttle)")
     given = [action.option_strings[0] for action in parser.slurm_actions

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hintkd import datasets, engine, handoff, netgen, read_table, train, usernet
+from hintkd import datasets, engine, handoff, netgen, read_table, stagestate, train, usernet
 from hintkd.atomic import write_json, write_text
 
 METHODS = netgen.REPO / "solvers" / "methods.json"
@@ -521,7 +521,7 @@ def progress_of(planner):
     rows = []
     for folder in planner.stages:
         total = planner.iterations_of[folder]
-        done = total if train.is_finished(folder) else train.last_snapshot(folder)
+        done = stagestate.iterations_done(folder, total)
         rows.append((folder, done, total))
     return rows
 
@@ -561,7 +561,7 @@ def options_from_args(args):
 
 
 def _write_stage(folder, spec, net_text, solver_text):
-    if train.is_finished(folder):
+    if stagestate.is_finished(folder):
         return
     folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / "stage.json"

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hintkd import engine, estimate, train
+from hintkd import engine, estimate, options, stagestate, train
 from hintkd.atomic import write_json
 
 JOB_FILE = "slurm.json"
@@ -80,7 +80,7 @@ def jobs_of(nodes, states=None):
             print(f"[slurm] {e}: the queue's state is unknown", file=sys.stderr)
             return {}
     return {f: Job(job, states[job]) for f, job in recorded.items()
-            if states.get(job, "COMPLETED") not in ENDED and not train.is_finished(f)}
+            if states.get(job, "COMPLETED") not in ENDED and not stagestate.is_finished(f)}
 
 
 def net_number(folder):
@@ -105,6 +105,7 @@ def stage_script(members, args):
     """The batch script of one stage, or of a job array (task k: Net k)."""
     prefix = f"{args.job_prefix} " if args.job_prefix else ""
     gpu = f" --gpu {args.gpu[0]}" if args.gpu else ""  # the device Slurm gave the job (--gres)
+    limit = f" --time-limit {args.time_limit}" if getattr(args, "time_limit", None) else ""
     if len(members) == 1 and not net_number(members[0]):
         choose = f"stage={shlex.quote(str(members[0]))}"
     else:
@@ -112,12 +113,13 @@ def stage_script(members, args):
         choose = f"declare -A stages=({table})\nstage=${{stages[$SLURM_ARRAY_TASK_ID]}}"
     return f"""#!/bin/bash
 # hintkd: one stage of the graph (hintkd/slurm.py)
+export HINTKD_STARTED=${{EPOCHREALTIME/,/.}}  # the job's --time-limit counts from here
 {choose}
 cd {shlex.quote(str(engine.REPO))}
 export PYTHONPATH={shlex.quote(str(engine.REPO))} OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-1}}
 # Caffe is built once per machine type into $HINTKD_CACHE (shared storage), by the first job to need it.
 {prefix}engine/install_caffe.sh >/dev/null
-exec {prefix}{engine.SYSTEM_PYTHON} -m hintkd.slurm job "$stage"{gpu}
+exec {prefix}{engine.SYSTEM_PYTHON} -m hintkd.slurm job "$stage"{gpu}{limit}
 """
 
 
@@ -139,6 +141,8 @@ def sbatch(script, name, output, args, dependencies=(), array=None):
     for option in ("partition", "time", "gres", "cpus_per_task"):
         if getattr(args, option) is not None:
             command.append(f"--{option.replace('_', '-')}={getattr(args, option)}")
+    if getattr(args, "time_limit", None):  # each job's own limit; the USR1 warning keeps its margin before it
+        command.append(f"--time={options.slurm_time(args.time_limit)}")
     command += shlex.split(args.sbatch_args)
     try:
         result = subprocess.run(command, input=script, capture_output=True, text=True)
@@ -156,11 +160,11 @@ def submit(nodes, args, final_command, out=sys.stdout):
         states = queue()  # no queue, no submission: it could duplicate queued jobs
         active = jobs_of(nodes, states)
         ids = {folder: job.id for folder, job in active.items()}
-        to_submit = [f for f in nodes if not train.is_finished(f) and f not in active]
+        to_submit = [f for f in nodes if not stagestate.is_finished(f) and f not in active]
         for folder, job in active.items():
             print(f"[slurm] {nodes[folder].label}: already {job.state.lower()} as job {job.id}", file=out)
         for members in groups(to_submit):
-            needs = {n for m in members for n in nodes[m].needs if not train.is_finished(n)}
+            needs = {n for m in members for n in nodes[m].needs if not stagestate.is_finished(n)}
             dependencies = sorted({ids[n] for n in needs})
             first = members[0]
             if len(members) == 1 and not net_number(first):
@@ -200,20 +204,24 @@ def final_job(nodes, args, command, ids, states, out):
             print(f"[slurm] the final job is already queued: job {earlier}", file=out)
             return earlier
     record.parent.mkdir(parents=True, exist_ok=True)
-    dependencies = sorted({ids[f] for f in nodes if not train.is_finished(f)})
+    dependencies = sorted({ids[f] for f in nodes if not stagestate.is_finished(f)})
     job = sbatch(final_script(command, args), job_name("final " + " ".join(command[1:5])),
                  record.parent / "final-%j.out", args, dependencies)
     write_json(record, {"job": job, "command": command, "submitted": time.time()})
     return job
 
 
-def job(stage_dir, gpu=None):
+def job(stage_dir, gpu=None, time_limit=None):
     """What a stage's job runs: the stage, in a process of its own so that a crash is
     recorded too. Stopped by a signal that Slurm did not send to end the job (the
-    time-limit warning, scancel -b --signal), the job requeues itself, unless it
-    made no progress (a time limit shorter than the warning would requeue forever)."""
-    started_from = train.last_snapshot(stage_dir)
+    time-limit warning, scancel -b --signal), or by its own --time-limit (the job's
+    --time: the stage stops before it, as on one machine), the job requeues itself,
+    unless it made no progress (a time limit shorter than the warning would requeue
+    forever)."""
+    started_from = stagestate.last_snapshot(stage_dir)
     command = [engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(stage_dir)]
+    if time_limit:  # Slurm counts whole seconds from the job's start: one second kept aside for that
+        command += ["--stop-at", f"{float(os.environ.get('HINTKD_STARTED') or time.time()) + time_limit - 1:.3f}"]
     stage = subprocess.Popen(command + (["--gpu", str(gpu)] if gpu is not None else []))
     for signum in (signal.SIGTERM, signal.SIGUSR1):  # the batch shell gets them; the stage acts on them
         signal.signal(signum, lambda number, frame: stage.send_signal(number))
@@ -224,7 +232,7 @@ def job(stage_dir, gpu=None):
     state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
     if state.stdout.strip() != "RUNNING":  # COMPLETING: Slurm is requeueing or cancelling it already
         return code
-    if train.last_snapshot(stage_dir) <= started_from:
+    if stagestate.last_snapshot(stage_dir) <= started_from:
         train.mark_failed(stage_dir, f"job {job_id} was told to stop before it trained an iteration: a time limit "
                                      f"(--time) well above the {WARNING_SECONDS} s warning lets it go on")
         return 1
@@ -241,8 +249,9 @@ def main(argv=None):
     job_parser = sub.add_parser("job", help="train one stage inside a Slurm job")
     job_parser.add_argument("stage_dir")
     job_parser.add_argument("--gpu", type=int)
+    job_parser.add_argument("--time-limit", type=int, help="the job's --time in seconds")
     args = parser.parse_args(argv)
-    return job(args.stage_dir, args.gpu)
+    return job(args.stage_dir, args.gpu, args.time_limit)
 
 
 if __name__ == "__main__":

@@ -9,31 +9,35 @@ interrupted run resumes from its last whole snapshot. summary.json is written
 last: a stage with a summary is finished, and is skipped when run again.
 SIGTERM, SIGUSR1 (Slurm's warning ahead of a time limit) and SIGINT stop it
 after the current iteration with a snapshot and exit code 75 (STOPPED), never 0:
-a stopped stage is not finished. A stage that fails writes failed.json.
+a stopped stage is not finished. So does --stop-at T (a Unix time: the driver's
+--time-limit), early enough that the next step and the snapshot end before T. A
+stage that fails writes failed.json.
 """
 import argparse
 import fcntl
 import json
 import math
 import os
-import re
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
-from hintkd import caffelog, engine, export, handoff, netgen
+from hintkd import caffelog, engine, export, handoff, netgen, stagestate
 from hintkd.atomic import write_json
+from hintkd.stagestate import FAILED, LOCK, SUMMARY, complete_snapshots, failure, is_finished
 
 SNAPSHOT_PREFIX = "snapshots/net"
-SUMMARY = "summary.json"
 FINAL_WEIGHTS = "final.caffemodel"
 KEEP_SNAPSHOTS = 2
-FAILED = "failed.json"  # why the last attempt failed; removed when the stage starts again
-LOCK = ".train.lock"
 STOPPED = 75  # exit code of a stage stopped by a signal (EX_TEMPFAIL: run it again to resume)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# A stage starts under a time limit only when this much training fits before it, after
+# its start-up and with its snapshot's time kept aside: a shorter piece would spend
+# about as long on its start-up (the process, Caffe, the nets, the weights: 2-4 s on
+# digits and CIFAR-10 ResNets here) and its snapshot as on training.
+MIN_PIECE_SECONDS = 10
 
 
 class TrainingError(Exception):
@@ -46,29 +50,6 @@ class Stopped(Exception):
 
 def read_stage(stage_dir):
     return json.loads((Path(stage_dir) / "stage.json").read_text())
-
-
-def is_finished(stage_dir):
-    return (Path(stage_dir) / SUMMARY).exists()
-
-
-def is_running(stage_dir):
-    """True while a process on this machine holds the stage's lock."""
-    path = Path(stage_dir) / LOCK
-    if not path.exists():
-        return False
-    with open(path) as probe:
-        try:
-            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        return False  # closing the probe releases it
-
-
-def failure(stage_dir):
-    """What failed.json says about the last attempt, or None."""
-    path = Path(stage_dir) / FAILED
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def mark_failed(stage_dir, reason, exit_code=1):
@@ -90,27 +71,10 @@ def record_exit(stage_dir, code):
     return "failed"
 
 
-def complete_snapshots(stage_dir):
-    """(iteration, solverstate path) of every snapshot marked complete, oldest first."""
-    found = []
-    for marker in (Path(stage_dir) / "snapshots").glob("net_iter_*.complete"):
-        it = int(re.search(r"_iter_(\d+)\.complete$", marker.name).group(1))
-        state = marker.with_suffix(".solverstate")
-        if state.exists() and marker.with_suffix(".caffemodel").exists():
-            found.append((it, state))
-    return sorted(found)
-
-
-def last_snapshot(stage_dir):
-    """The iteration of the last complete snapshot, 0 when there is none."""
-    snapshots = complete_snapshots(stage_dir)
-    return snapshots[-1][0] if snapshots else 0
-
-
 def take_snapshot(solver, stage_dir):
     solver.snapshot()
     it = solver.iter
-    marker = Path(stage_dir) / "snapshots" / f"net_iter_{it}.complete"
+    marker = Path(stage_dir) / stagestate.SNAPSHOTS / f"net_iter_{it}.complete"
     marker.write_text(f"{it}\n")
     for _, state in complete_snapshots(stage_dir)[:-KEEP_SNAPSHOTS]:
         for suffix in (".complete", ".caffemodel", ".solverstate"):
@@ -125,6 +89,45 @@ def redirect_caffe_log(log_path):
     os.close(log)
     sys.stderr = terminal
     return terminal
+
+
+class TimeLimit:
+    """When a stage stops before a deadline (Unix seconds, or None): after a step, when
+    the longest step seen so far (a test pass included, once one ran) and a snapshot would
+    not both end before it. The snapshot's time is measured, not guessed: first by
+    writing the net's weights once (a snapshot writes them and the solver's state, which
+    is as large again), then by each snapshot taken."""
+
+    def __init__(self, deadline):
+        self.deadline = deadline
+        self.longest_step = self.snapshot_seconds = 0.0
+
+    def measure_snapshot(self, net, stage_dir):
+        if self.deadline is None:
+            return
+        probe = Path(stage_dir) / ".snapshot-timing.caffemodel"
+        started = time.perf_counter()
+        net.save(str(probe))
+        self.snapshot_seconds = 2 * (time.perf_counter() - started)
+        probe.unlink()
+
+    def timed(self, what, action, *args):
+        started = time.perf_counter()
+        action(*args)
+        seconds = time.perf_counter() - started
+        if what == "step":
+            self.longest_step = max(self.longest_step, seconds)
+        else:
+            self.snapshot_seconds = seconds
+
+    def left(self):
+        return self.deadline - time.time()
+
+    def too_close(self):
+        return self.deadline is not None and self.left() <= self.longest_step + self.snapshot_seconds
+
+    def too_close_to_start(self):
+        return self.deadline is not None and self.left() < MIN_PIECE_SECONDS + self.snapshot_seconds
 
 
 class Progress:
@@ -188,7 +191,7 @@ def losses(net):
     return {"total_loss": sum(w * terms[name] for name, w in loss_weights(net).items()), **terms}
 
 
-def train(stage_dir, gpu=None, out=sys.stdout):
+def train(stage_dir, gpu=None, out=sys.stdout, stop_at=None):
     stage_dir = Path(stage_dir).resolve()
     stage = read_stage(stage_dir)
     label = stage["label"]
@@ -240,6 +243,11 @@ def train(stage_dir, gpu=None, out=sys.stdout):
             print(f"[{label}] {line}", file=out, flush=True)
 
     max_iter, every = solver_param.max_iter, stage["snapshot_every"]
+    limit = TimeLimit(stop_at)
+    limit.measure_snapshot(solver.net, stage_dir)
+    if limit.too_close_to_start():
+        raise Stopped(f"[{label}] not started: {limit.left():.0f} s left before the time limit, less than "
+                      f"{MIN_PIECE_SECONDS} s of training and a snapshot; it starts when run again")
     progress = Progress(label, max_iter, out)
     log_reader = _LogFollower(log_path)
     started, start_iter = time.time(), solver.iter
@@ -261,13 +269,16 @@ def train(stage_dir, gpu=None, out=sys.stdout):
     if stop:  # told to stop while starting: nothing new to keep
         raise Stopped(f"[{label}] stopped by {stop[0]} before its first iteration; it resumes when run again")
     while solver.iter < max_iter - 1:
-        solver.step(1)
+        limit.timed("step", solver.step, 1)
         after_step()
+        if not stop and limit.too_close():
+            stop.append("the time limit")
         if solver.iter % every == 0 or stop:
-            take_snapshot(solver, stage_dir)
+            limit.timed("snapshot", take_snapshot, solver, stage_dir)
         if stop:
             progress.close()
-            raise Stopped(f"[{label}] stopped by {stop[0]} at iteration {solver.iter}, after a snapshot; "
+            before = f", {limit.left():.1f} s before the limit" if stop[0] == "the time limit" else ""
+            raise Stopped(f"[{label}] stopped by {stop[0]} at iteration {solver.iter}, after a snapshot{before}; "
                           "it resumes from there when run again")
     # Caffe's own Solve() runs the last iteration and the final test pass.
     solver.solve()
@@ -378,10 +389,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage_dir")
     parser.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    parser.add_argument("--stop-at", type=float, metavar="UNIX_TIME",
+                        help="stop with a snapshot early enough to end before this time (the driver's --time-limit)")
     args = parser.parse_args(argv)
     stage_dir = Path(args.stage_dir).resolve()
     try:
-        summary = train(stage_dir, args.gpu)
+        summary = train(stage_dir, args.gpu, stop_at=args.stop_at)
     except Stopped as e:
         print(e, flush=True)
         return STOPPED

@@ -2,7 +2,7 @@
 import json
 
 from conftest import REPO, SCALE, out_with_data, run
-from hintkd import graph, report, train
+from hintkd import graph, report, stagestate, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 TABLE3 = ["reproduce", "table3", "--dataset", "digits", "--depths", "14,8", "--scale", SCALE]
@@ -14,7 +14,7 @@ def test_two_stages_at_a_time_finish_the_table_training_each_stage_once(tmp_path
     study = report.Study("table3", out, "digits", (14, 8), float(SCALE))
     nodes = graph.build([study.run_options(m) for m in study.methods()])
     assert len(nodes) == 19  # teacher and student once, though four methods need the teacher
-    assert all(train.is_finished(folder) for folder in nodes)
+    assert all(stagestate.is_finished(folder) for folder in nodes)
     summaries = {folder: json.loads((folder / train.SUMMARY).read_text()) for folder in nodes}
     for folder, node in nodes.items():
         assert result.stdout.count(f"[graph] started {node.label} ({folder})") == 1
@@ -55,9 +55,9 @@ def test_a_failed_stage_cancels_what_needs_it_and_says_so(tmp_path, digits_data)
     assert result.returncode == 1 and "a stage did not finish" in result.stderr
     assert f"[graph] FAILED teacher ResNet-14 (exit" in result.stdout and str(teacher / "caffe.log") in result.stdout
     assert "[graph] cancelled kd stage2 net 1: it needs teacher ResNet-14, which failed" in result.stdout
-    assert "1 failed" in result.stdout and not train.is_finished(teacher)
-    assert train.is_finished(out / "digits" / f"student-resnet8-w16.32.64-scale{SCALE}")  # it needs no teacher
-    assert train.failure(teacher)["log"] == str(teacher / "caffe.log")
+    assert "1 failed" in result.stdout and not stagestate.is_finished(teacher)
+    assert stagestate.is_finished(out / "digits" / f"student-resnet8-w16.32.64-scale{SCALE}")  # it needs no teacher
+    assert stagestate.failure(teacher)["log"] == str(teacher / "caffe.log")
     status = run([RUN_STAGES, *TABLE3, "--status", "--out", str(out)], check=False)
     assert status.returncode == 1
     teacher_row = next(line for line in status.stdout.splitlines() if line.startswith("teacher ResNet-14"))

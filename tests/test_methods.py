@@ -12,7 +12,7 @@ import pytest
 from scipy.special import log_softmax, softmax
 
 from conftest import REPO, SCALE, out_with_data, run
-from hintkd import caffelog, engine, handoff, netgen, plan, train
+from hintkd import caffelog, engine, handoff, netgen, plan, stagestate, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
@@ -37,7 +37,7 @@ def test_every_method_runs_end_to_end(methods_out, method):
     result = run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
     folders = stage_folders(methods_out, method)
     for folder in folders:
-        assert train.is_finished(folder), folder
+        assert stagestate.is_finished(folder), folder
     nets = [f for f in folders if f.name.startswith("stage2-net")]
     assert [f.name for f in nets] == ["stage2-net1", "stage2-net2", "stage2-net3"]
     for k, folder in enumerate(nets, start=1):
@@ -224,7 +224,7 @@ def test_a_layer_missing_from_the_source_stops_the_handoff(methods_out):
         (broken / "stage.json").write_text(json.dumps(spec))
         result = run([engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(broken)], check=False)
         assert result.returncode == 1 and message in result.stderr, result.stderr
-        assert not train.is_finished(broken)
+        assert not stagestate.is_finished(broken)
         shutil.rmtree(broken)
 
 
@@ -318,18 +318,18 @@ def test_killed_driver_resumes_and_skips_finished_stages(tmp_path, digits_data):
     deadline = time.time() + 900  # about 20 s on idle cores; a busy machine took over 300
     try:
         while time.time() < deadline:
-            if step2.exists() and train.complete_snapshots(step2):
+            if step2.exists() and stagestate.complete_snapshots(step2):
                 break
             time.sleep(0.02)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    assert train.complete_snapshots(step2) and not train.is_finished(step2)
+    assert stagestate.complete_snapshots(step2) and not stagestate.is_finished(step2)
     second = run(args)
     assert "[teacher ResNet-14] finished earlier" in second.stdout
     assert "[proposed stage1 step 1/3] finished earlier" in second.stdout
     assert "[proposed stage1 step 2/3] resuming from the snapshot at iteration" in second.stdout
-    assert train.is_finished(step2.parent / "stage2-net1")
+    assert stagestate.is_finished(step2.parent / "stage2-net1")
 
 
 def test_proposed_on_a_slice_of_real_mnist(tmp_path, mnist_2k):
@@ -347,7 +347,7 @@ def test_an_unfinished_teacher_is_shared_by_every_method(tmp_path, digits_data):
     base = dict(dataset="digits", teacher_depth=14, student_depth=8, data_dir=digits_data, out=tmp_path)
     first = plan.plan(plan.RunOptions(method="proposed", **base))[0]
     second = plan.plan(plan.RunOptions(method="kd", **base))[0]
-    assert first == second and not train.is_finished(first)
+    assert first == second and not stagestate.is_finished(first)
     assert json.loads((first / "stage.json").read_text())["method"] == "teacher"
 
 

@@ -2,13 +2,14 @@
 jobs whose dependencies mirror the graph, no duplicates, a stopped job requeued and
 resumed from its snapshot, a failed stage cancelling its dependents."""
 import json
+import re
 import sys
 import time
 
 import pytest
 
 from conftest import REPO, SCALE, out_with_data, run
-from hintkd import graph, report, slurm, train
+from hintkd import graph, report, slurm, stagestate, train
 
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
 from slurm_cluster import SlurmCluster  # noqa: E402
@@ -58,7 +59,7 @@ def test_the_grid_as_jobs_ends_with_the_table_and_a_second_submission_adds_none(
     nodes = graph.build([study.run_options(m) for m in study.methods()])
     states = cluster.states()
     for folder, node in nodes.items():
-        assert train.is_finished(folder), folder
+        assert stagestate.is_finished(folder), folder
         assert states[job_of(folder)] == "COMPLETED"
         log = (folder / "caffe.log").read_text()
         assert log.count("Initializing solver from parameters") == 1, folder  # trained once
@@ -89,18 +90,18 @@ def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_pa
     stops = [(["scancel", "-b", "--signal=USR1", job], "SIGUSR1"), (["scancel", "-b", "--signal=TERM", job], "SIGTERM"),
              (["scontrol", "requeue", job], "SIGTERM")]
     for starts, (stop, signal_name) in enumerate(stops, start=1):
-        wait_for(lambda: train.last_snapshot(teacher) > stopped_at and train.is_running(teacher), 300,
+        wait_for(lambda: stagestate.last_snapshot(teacher) > stopped_at and stagestate.is_running(teacher), 300,
                  "a snapshot of this start")
-        before = train.last_snapshot(teacher)
+        before = stagestate.last_snapshot(teacher)
         run(stop, env=env)
-        wait_for(lambda: not train.is_running(teacher), 120, "the job to stop")
-        assert not train.is_finished(teacher)
+        wait_for(lambda: not stagestate.is_running(teacher), 120, "the job to stop")
+        assert not stagestate.is_finished(teacher)
         wait_for(lambda: cluster.states()[job] in ("PENDING", "RUNNING"), 30, "the job to be requeued")
         assert cluster.states()[final] == "PENDING"  # the stop released nothing
         console = (teacher / f"slurm-{job}.out").read_text()
         assert console.count("] stopped by SIG") == starts and f"stopped by {signal_name} at iteration" in console
         assert console.count("resuming from the snapshot") == starts - 1
-        stopped_at = train.last_snapshot(teacher)
+        stopped_at = stagestate.last_snapshot(teacher)
         assert stopped_at > before  # a snapshot at the stop
     cluster.wait_until_idle(timeout=600)
     console = (teacher / f"slurm-{job}.out").read_text()
@@ -108,6 +109,25 @@ def test_a_stopped_job_is_requeued_and_resumes_from_its_snapshot(cluster, tmp_pa
     summary = json.loads((teacher / train.SUMMARY).read_text())
     assert summary["iterations"] == 3600 and summary["final_test"]["iteration"] == 3600
     assert cluster.states()[job] == "COMPLETED"
+
+
+def test_a_time_limit_is_each_jobs_time_and_the_stage_ends_through_its_requeues(cluster, tmp_path, digits_data):
+    """--time-limit 1m under --slurm: the job's --time is one minute; its stage stops with a
+    snapshot before it (Slurm's USR1 warning, here at once since it comes 300 s before the
+    limit, or else the stage's own stop), and the job requeues itself until the stage is
+    finished."""
+    out = out_with_data(tmp_path, digits_data)
+    submit(cluster, ["digits", "14", "8", "student", "--scale", "8", "--time-limit", "1m"], out)  # 9,600 iterations
+    student = out / "digits" / "student-resnet8-w16.32.64-scale8"
+    job = job_of(student)
+    shown = run(["scontrol", "show", "job", job], env={"SLURM_CONF": str(cluster.conf)}).stdout
+    assert "TimeLimit=00:01:00" in shown, shown
+    cluster.wait_until_idle(timeout=900)
+    console = (student / f"slurm-{job}.out").read_text()
+    stops = re.findall(r"stopped by (?:SIGUSR1|the time limit) at iteration \d+, after a snapshot", console)
+    assert stops and console.count("resuming from the snapshot at iteration") == len(stops), console[-3000:]
+    assert console.count(f"[slurm] job {job} requeued") == len(stops)
+    assert stagestate.is_finished(student) and cluster.states()[job] == "COMPLETED"
 
 
 def test_a_failed_stage_cancels_its_dependents_and_status_names_it(cluster, tmp_path, digits_data):
@@ -122,7 +142,7 @@ def test_a_failed_stage_cancels_its_dependents_and_status_names_it(cluster, tmp_
     states = cluster.states()
     nets = [out / "digits" / f"kd-resnet14to8-scale{SCALE}" / f"stage2-net{k}" for k in (1, 2)]
     assert states[job_of(teacher)] == "FAILED"
-    assert all(states[job_of(net)] == "CANCELLED" and not train.is_finished(net) for net in nets)
+    assert all(states[job_of(net)] == "CANCELLED" and not stagestate.is_finished(net) for net in nets)
     status = run([RUN_STAGES, *args, "--status", "--out", str(out)], check=False,
                  env={"SLURM_CONF": str(cluster.conf)})
     assert status.returncode == 1

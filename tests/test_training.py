@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MNIST, REPO, python, run
-from hintkd import engine, plan, train
+from hintkd import engine, plan, stagestate, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 
@@ -62,12 +62,12 @@ def test_killed_stage_resumes_from_its_last_complete_snapshot(digits_data, tmp_p
     process = subprocess.Popen([engine.SYSTEM_PYTHON, "-m", "hintkd.train", str(stage)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while len(train.complete_snapshots(stage)) < 2 and time.time() < deadline:
+    while len(stagestate.complete_snapshots(stage)) < 2 and time.time() < deadline:
         time.sleep(0.02)  # the fast engine takes 100 iterations in well under a second
     process.send_signal(signal.SIGKILL)
     process.wait()
-    snapshots = train.complete_snapshots(stage)
-    assert snapshots and not train.is_finished(stage)
+    snapshots = stagestate.complete_snapshots(stage)
+    assert snapshots and not stagestate.is_finished(stage)
     last_iteration = snapshots[-1][0]
     # A snapshot Caffe did not finish (no marker) is never resumed from.
     (stage / "snapshots" / "net_iter_99999.solverstate").write_bytes(b"\x08")
@@ -90,7 +90,7 @@ def test_diverging_loss_stops_with_the_stage_and_iteration(digits_data, tmp_path
     assert result.returncode == 1
     assert "stage 'student ResNet-8': the loss became" in result.stderr
     assert " at iteration " in result.stderr
-    assert not train.is_finished(stage)
+    assert not stagestate.is_finished(stage)
 
 
 def test_a_second_driver_on_the_same_output_folder_waits_for_the_stage_and_reuses_it(digits_data, tmp_path):
@@ -102,16 +102,16 @@ def test_a_second_driver_on_the_same_output_folder_waits_for_the_stage_and_reuse
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stage = out / "digits" / "student-resnet8-w16.32.64-scale0.5"
     deadline = time.time() + 60
-    while not train.is_running(stage) and time.time() < deadline:
+    while not stagestate.is_running(stage) and time.time() < deadline:
         time.sleep(0.05)
-    assert not train.is_finished(stage)
+    assert not stagestate.is_finished(stage)
     second = run(args)
     first_output, _ = first.communicate(timeout=300)
     assert first.returncode == 0
     assert "[student ResNet-8] another process is training this stage; waiting for it" in second.stdout
     assert "[student ResNet-8] finished by another process" in second.stdout
     assert (stage / "caffe.log").read_text().count("Initializing solver from parameters") == 1
-    assert "done: test accuracy" in first_output and train.is_finished(stage)
+    assert "done: test accuracy" in first_output and stagestate.is_finished(stage)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -180,13 +180,13 @@ def test_a_stopped_driver_exits_75_and_resumes(digits_data, tmp_path, signum, to
                               start_new_session=True,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
-    while not (stage.exists() and train.complete_snapshots(stage)) and time.time() < deadline:
+    while not (stage.exists() and stagestate.complete_snapshots(stage)) and time.time() < deadline:
         time.sleep(0.02)
     (os.killpg if to_group else os.kill)(driver.pid, signum)
     stdout, stderr = driver.communicate(timeout=120)
     assert driver.returncode == train.STOPPED, stdout + stderr
     assert "stopped; run the same command again to resume" in stderr
-    assert not train.is_finished(stage) and train.complete_snapshots(stage)
+    assert not stagestate.is_finished(stage) and stagestate.complete_snapshots(stage)
     console = stdout + ((stage / "progress.log").read_text() if jobs > 1 else "")
     assert "after a snapshot" in console
     resumed = run(args)
