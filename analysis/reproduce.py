@@ -12,6 +12,7 @@ spread), and table.tex for tables.
 Runs at different scales live in different folders and never meet in one table.
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ def main(argv=None):
         if args.dry_run:
             dry_run(study, args.source, args.time_limit)
             return 0
+        graph.restore_kept(args)  # --keep DIR: what it has and --out lacks
         # Every stage process takes the same build: the CUDA one for a GPU.
         os.environ["HINTKD_CAFFE_VARIANT"] = options.engine_variant(args)
         if not args.report_only:
@@ -116,6 +118,10 @@ def main(argv=None):
         return 1
     print(text)
     print(f"[reproduce {study.name}] files: {', '.join(sorted(p.name for p in folder.iterdir()))} in {folder}")
+    if args.keep:  # the report beside the stages it was built from
+        for path in folder.iterdir():
+            shutil.copy2(path, Path(args.keep) / path.name)
+        print(f"[reproduce {study.name}] kept with its stages in {args.keep}")
     return 0
 
 

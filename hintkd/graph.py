@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hintkd import engine, estimate, options, plan, report, slurm, stagestate, summary, train
+from hintkd import engine, estimate, keep, options, plan, report, slurm, stagestate, summary, train
 from hintkd.stagestate import is_finished
 
 PROGRESS_LOG = "progress.log"  # a running stage's console lines, when several run at once
@@ -70,8 +70,10 @@ class Runner:
     inputs finish. One at a time, a stage writes to the terminal; several at once, each
     writes to its progress.log and a status line comes every STATUS_EVERY seconds."""
 
-    def __init__(self, nodes, jobs=1, gpus=None, out=sys.stdout, deadline=None):
+    def __init__(self, nodes, jobs=1, gpus=None, out=sys.stdout, deadline=None, keep_dir=None):
         self.nodes, self.jobs, self.gpus, self.out = nodes, jobs, gpus or [], out
+        self.keep_dir = keep_dir  # --keep: each stage kept there as it finishes or stops
+        self.started_from = {n for node in nodes.values() for n in node.needs}  # their final weights are kept
         self.deadline = deadline  # Unix time of --time-limit, or None
         self.out_of_time = False  # a stage was left waiting (or stopped) by the time limit
         self.past_deadline = False
@@ -133,6 +135,7 @@ class Runner:
             del self.running[folder]
             label = self.nodes[folder].label
             ended = train.record_exit(folder, process.returncode)
+            self.keep(folder)
             if ended == "done":
                 if log:
                     self.say(f"finished {label}")
@@ -149,6 +152,15 @@ class Runner:
                     tail = caffe_log.read_text(errors="replace").splitlines()[-15:]
                     print(f"the end of {caffe_log}:", *tail, sep="\n", file=sys.stderr, flush=True)
                 self.cancel_dependents(folder)
+
+    def keep(self, folder):
+        if not self.keep_dir:
+            return
+        node = self.nodes[folder]
+        kept = keep.keep_stage(folder, node.planner.opts.out, self.keep_dir, folder in self.started_from)
+        if kept:
+            what = "finished" if is_finished(folder) else f"snapshot at iteration {stagestate.last_snapshot(folder)}"
+            self.say(f"kept {node.label} ({what}, {keep.size(kept) / 1e6:.2f} MB): {kept}")
 
     def cancel_dependents(self, failed):
         changed = True
@@ -178,6 +190,7 @@ class Runner:
         for folder, node in self.nodes.items():
             if is_finished(folder):
                 print(f"[{node.label}] finished earlier: {folder / train.SUMMARY}", file=self.out, flush=True)
+            self.keep(folder)  # what finished or stopped before, if DIR lacks it
         if self.jobs > 1:
             self.status(force=True)
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped like Ctrl-C
@@ -203,10 +216,11 @@ class Runner:
             signal.signal(signal.SIGTERM, previous)
             for process, log in self.running.values():  # each snapshots, then exits; it resumes next time
                 process.send_signal(signal.SIGTERM)
-            for process, log in self.running.values():
+            for folder, (process, log) in self.running.items():
                 process.wait()
                 if log:
                     log.close()
+                self.keep(folder)  # its snapshot at the stop
         if self.jobs > 1 or self.failed:
             self.status(force=True)
         return all(is_finished(f) for f in self.nodes)
@@ -299,7 +313,8 @@ def execute(runs, nodes, args, final_command, finish_runs=None, show_comparisons
     if args.slurm:
         return slurm.submit(nodes, args, final_command)
     limit = getattr(args, "time_limit", None)
-    runner = Runner(nodes, args.jobs, args.gpu, deadline=call_started() + limit if limit else None)
+    runner = Runner(nodes, args.jobs, args.gpu, deadline=call_started() + limit if limit else None,
+                    keep_dir=args.keep)
     done = runner.run()
     for opts in runs if finish_runs is None else finish_runs:
         if is_done(nodes, opts):
@@ -313,12 +328,20 @@ def stop_reason(args):
     return f"stopped by --time-limit {options.slurm_time(args.time_limit)}" if args.time_limit else "stopped"
 
 
+def restore_kept(args, out=sys.stdout):
+    """--keep DIR: what DIR has and the output folder lacks, copied in before planning."""
+    if args.keep and not args.status:
+        for folder, what in keep.restore(args.keep, args.out):
+            say(f"from {args.keep}: {folder} ({what})", out)
+
+
 def main(argv=None):
     """One method's run: its stages in order (or K at a time, or on Slurm), then its summary."""
     argv = sys.argv[1:] if argv is None else argv
     args = options.run_parser().parse_args(argv)
     args.data = str(Path(args.out).resolve() / "data" / args.dataset)
     args.out = str(Path(args.out).resolve())
+    restore_kept(args)
     try:
         opts = plan.options_from_args(args)
         code = execute([opts], build([opts], write=not args.status), args,

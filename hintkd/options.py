@@ -129,6 +129,12 @@ def positive(kind):
     return parse
 
 
+def folder_or_new(text):
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a file: give a folder (made if missing)")
+    return text
+
+
 def existing_path(text):
     if not Path(text).exists():
         raise argparse.ArgumentTypeError(f"'{text}' does not exist: give the dataset archive or folder on disk")
@@ -316,14 +322,22 @@ def add_data_options(parser):
                         help="accept a --source that is not the official file (a subset or a re-encoding)")
 
 
+def add_output_options(parser, what):
+    parser.add_argument("--out", default=os.environ.get("HINTKD_OUT", "runs"),
+                        help=f"where {what} go (default: $HINTKD_OUT or ./runs)")
+    parser.add_argument("--keep", metavar="DIR", type=folder_or_new,
+                        help="keep each stage as it finishes (or stops) in DIR, compactly, for a git repository; "
+                             "a run given the same DIR on another machine trains only what DIR lacks "
+                             "(docs/running.md)")
+
+
 def run_parser():
     """run_stages.sh DATASET TEACHER STUDENT METHOD [options]: each net a depth or a prototxt"""
     parser = OneLineParser(prog=PROG)
     add_run_options(parser)
     add_device_options(parser)
     add_data_options(parser)
-    parser.add_argument("--out", default=os.environ.get("HINTKD_OUT", "runs"),
-                        help="where data and runs go (default: $HINTKD_OUT or ./runs)")
+    add_output_options(parser, "data and runs")
     add_execution_options(parser)
     return parser
 
@@ -337,8 +351,7 @@ def reproduce_parser(prog=f"{PROG} reproduce", description=None):
     parser.add_argument("--dataset", type=dataset, help="another dataset than the paper's (e.g. digits); the paper's "
                                                         "numbers stay beside ours, labelled as another setting")
     parser.add_argument("--depths", type=depth_pair, help="TEACHER,STUDENT depths instead of the paper's")
-    parser.add_argument("--out", default=os.environ.get("HINTKD_OUT", "runs"),
-                        help="where data, runs and reports go (default: $HINTKD_OUT or ./runs)")
+    add_output_options(parser, "data, runs and reports")
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--scale", type=positive(float), default=1.0,
                        help="multiply every iteration count of the paper by F")

@@ -100,6 +100,7 @@ class Cell:
     best: float = None
     status: str = "missing"
     summary: dict = None
+    folder: Path = None  # its stage folder (its caffe.log), when it has one
 
     def text(self, value=None):
         value = self.final if value is None else value
@@ -130,7 +131,7 @@ def net_cells(study, method):
                 cells.append(Cell(status="no test result"))
                 continue
             cells.append(Cell(metric_value(final[name], study.spec["metric"]),
-                              metric_value(best[name], study.spec["metric"]), "done", summary))
+                              metric_value(best[name], study.spec["metric"]), "done", summary, folder))
         elif started:
             cells.append(Cell(status=f"unfinished ({done}/{total} it.)" if done else "unfinished"))
         else:
@@ -407,11 +408,12 @@ def curve_figure(study, rows, reference):
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, row in enumerate(rows):
         cell = next((c for c in row.cells if c.status == "done"), None)
-        if cell is None or not Path(cell.summary["log"]).is_file():
+        log = cell and (cell.folder / "caffe.log" if cell.folder else Path(cell.summary["log"]))
+        if cell is None or not log.is_file():
             missing = "log missing" if cell else _status(row.cells) or "missing"
             acc_ax.plot([], [], color=f"C{i}", label=f"{row.label}: {missing}")
             continue
-        tests = caffelog.parse_file(cell.summary["log"]).test_records()
+        tests = caffelog.parse_file(log).test_records()
         name = caffelog.accuracy_name(tests)
         its = [r["iteration"] for r in tests if name in r]
         acc_ax.plot(its, [100 * r[name] for r in tests if name in r], color=f"C{i}", label=row.label)
