@@ -27,7 +27,7 @@ from hintkd.stagestate import is_finished
 
 PROGRESS_LOG = "progress.log"  # a running stage's console lines, when several run at once
 STATUS_EVERY = 30  # seconds between status lines
-STATES = ("done", "running", "queued", "stopped", "waiting", "failed", "blocked")  # with a scheduler's
+STATES = ("done", "running", "queued", "stopped", "waiting", "failed", "blocked")
 
 
 @dataclass

@@ -35,8 +35,8 @@ STOPPED = 75  # exit code of a stage stopped by a signal (EX_TEMPFAIL: run it ag
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # A stage starts under a time limit only when this much training fits before it, after
 # its start-up and with its snapshot's time kept aside: a shorter piece would spend
-# about as long on its start-up (the process, Caffe, the nets, the weights: 2-4 s on
-# digits and CIFAR-10 ResNets here) and its snapshot as on training.
+# about as long on its start-up (the process, Caffe, the nets, the weights) and its
+# snapshot as on training.
 MIN_PIECE_SECONDS = 10
 
 
