@@ -277,7 +277,8 @@ def train(stage_dir, gpu=None, out=sys.stdout, stop_at=None):
             limit.timed("snapshot", take_snapshot, solver, stage_dir)
         if stop:
             progress.close()
-            before = f", {limit.left():.1f} s before the limit" if stop[0] == "the time limit" else ""
+            before = (f", {limit.left():.1f} s before the limit (kept for the longest step, {limit.longest_step:.2f} s, "
+                      f"and a snapshot, {limit.snapshot_seconds:.2f} s)" if stop[0] == "the time limit" else "")
             raise Stopped(f"[{label}] stopped by {stop[0]} at iteration {solver.iter}, after a snapshot{before}; "
                           "it resumes from there when run again")
     # Caffe's own Solve() runs the last iteration and the final test pass.
