@@ -5,9 +5,9 @@ DIR mirrors the output folder (DIR/DATASET/RUN/STAGE as under --out). A stage is
   finished  summary.json, its Caffe log (caffe.log.gz), stage.json, train_val.prototxt,
             solver.prototxt, export/ of a student, and final.caffemodel when another
             stage starts from it (a teacher, a Stage 1 step);
-  stopped   stage.json, the prototxts and its last whole snapshot
-            (snapshots/net_iter_N.caffemodel, .solverstate, .complete), replaced by
-            the finished form once it finishes.
+  stopped   stage.json, the prototxts, its Caffe log so far (caffe.log.gz) and its
+            last whole snapshot (snapshots/net_iter_N.caffemodel, .solverstate,
+            .complete), replaced by the finished form once it finishes.
 Nothing else: no LMDB, no older snapshots, no console logs. Each stage is written
 under a temporary name and renamed whole, so DIR never holds half a stage.
 
@@ -70,14 +70,15 @@ def keep_stage(stage_dir, out_dir, keep_dir, weights_needed):
     def fill(folder):
         for name in PLAN_FILES:
             shutil.copy2(stage_dir / name, folder / name)
+        if (stage_dir / stagestate.LOG).exists():
+            with open(stage_dir / stagestate.LOG, "rb") as log, gzip.GzipFile(folder / LOG_KEPT, "wb", mtime=0) as kept:
+                shutil.copyfileobj(log, kept)
         if not finished:
             (folder / stagestate.SNAPSHOTS).mkdir()
             state = snapshots[-1][1]
             for suffix in SNAPSHOT_SUFFIXES:
                 shutil.copy2(state.with_suffix(suffix), folder / stagestate.SNAPSHOTS / state.with_suffix(suffix).name)
             return
-        with open(stage_dir / stagestate.LOG, "rb") as log, gzip.GzipFile(folder / LOG_KEPT, "wb", mtime=0) as kept:
-            shutil.copyfileobj(log, kept)
         if (stage_dir / EXPORT).is_dir():
             shutil.copytree(stage_dir / EXPORT, folder / EXPORT)
         if weights_needed:
@@ -119,14 +120,21 @@ def _restore_finished(kept, local):
     if (kept / EXPORT).is_dir():
         shutil.rmtree(local / EXPORT, ignore_errors=True)
         shutil.copytree(kept / EXPORT, local / EXPORT)
-    with gzip.open(kept / LOG_KEPT, "rb") as log, open(local / stagestate.LOG, "wb") as plain:
-        shutil.copyfileobj(log, plain)
+    _restore_log(kept, local)
     shutil.copy2(kept / stagestate.SUMMARY, local / stagestate.SUMMARY)  # last: finished from here on
+
+
+def _restore_log(kept, local):
+    """The kept log as the stage's caffe.log, which a resumed stage appends to."""
+    if (kept / LOG_KEPT).exists():
+        with gzip.open(kept / LOG_KEPT, "rb") as log, open(local / stagestate.LOG, "wb") as plain:
+            shutil.copyfileobj(log, plain)
 
 
 def _restore_snapshot(kept, local):
     """The kept snapshot into the stage's snapshots/; its .complete marker last."""
     (local / stagestate.SNAPSHOTS).mkdir(parents=True, exist_ok=True)
+    _restore_log(kept, local)
     (_, state), = stagestate.complete_snapshots(kept)[-1:]
     for suffix in SNAPSHOT_SUFFIXES:
         shutil.copy2(state.with_suffix(suffix), local / stagestate.SNAPSHOTS / state.with_suffix(suffix).name)

@@ -50,7 +50,8 @@ def test_a_kept_folder_goes_on_elsewhere_training_only_what_it_lacks(tmp_path):
     assert kept_files(kept / teacher) == FINISHED | {"final.caffemodel"}  # the nets start from it
     assert kept_files(kept / net1) == FINISHED | EXPORT
     at = stagestate.last_snapshot(here / net2)
-    assert kept_files(kept / net2) == PLAN | {f"snapshots/net_iter_{at}{s}" for s in keep.SNAPSHOT_SUFFIXES}
+    assert kept_files(kept / net2) == PLAN | {"caffe.log.gz"} | {f"snapshots/net_iter_{at}{s}"
+                                                                for s in keep.SNAPSHOT_SUFFIXES}
     assert {p.name for p in kept.iterdir()} == {"digits"}  # no data, no LMDB
     with gzip.open(kept / net1 / "caffe.log.gz", "rt") as log:
         assert log.read() == (here / net1 / "caffe.log").read_text()
@@ -66,6 +67,8 @@ def test_a_kept_folder_goes_on_elsewhere_training_only_what_it_lacks(tmp_path):
         assert (there / stage / "caffe.log").read_text().count("Initializing solver from parameters") == 1
     assert f"from {clone}: {there / net2} (snapshot at iteration {at})" in finished.stdout
     assert f"resuming from the snapshot at iteration {at}" in finished.stdout
+    log = (there / net2 / "caffe.log").read_text()  # the part trained here, then the part trained there
+    assert log.count("Initializing solver from parameters") == 2 and f"Iteration {at}" in log
     assert json.loads((there / net2 / "summary.json").read_text())["final_test"]["iteration"] == 600
     assert kept_files(clone / net2) == FINISHED | EXPORT  # the snapshot gone once it finished
     assert not list(tmp_path.glob("**/.*.partial")) and not list(tmp_path.glob("**/.*.old"))
