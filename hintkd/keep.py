@@ -22,8 +22,8 @@ import shutil
 from pathlib import Path
 
 from hintkd import stagestate
+from hintkd.train import FINAL_WEIGHTS
 
-FINAL_WEIGHTS = "final.caffemodel"
 EXPORT = "export"
 LOG_KEPT = "caffe.log.gz"
 PLAN_FILES = ("stage.json", "train_val.prototxt", "solver.prototxt")
@@ -74,10 +74,7 @@ def keep_stage(stage_dir, out_dir, keep_dir, weights_needed):
             with open(stage_dir / stagestate.LOG, "rb") as log, gzip.GzipFile(folder / LOG_KEPT, "wb", mtime=0) as kept:
                 shutil.copyfileobj(log, kept)
         if not finished:
-            (folder / stagestate.SNAPSHOTS).mkdir()
-            state = snapshots[-1][1]
-            for suffix in SNAPSHOT_SUFFIXES:
-                shutil.copy2(state.with_suffix(suffix), folder / stagestate.SNAPSHOTS / state.with_suffix(suffix).name)
+            _copy_snapshot(snapshots[-1][1], folder)
             return
         if (stage_dir / EXPORT).is_dir():
             shutil.copytree(stage_dir / EXPORT, folder / EXPORT)
@@ -133,8 +130,14 @@ def _restore_log(kept, local):
 
 def _restore_snapshot(kept, local):
     """The kept snapshot into the stage's snapshots/; its .complete marker last."""
-    (local / stagestate.SNAPSHOTS).mkdir(parents=True, exist_ok=True)
+    local.mkdir(parents=True, exist_ok=True)
     _restore_log(kept, local)
-    (_, state), = stagestate.complete_snapshots(kept)[-1:]
+    _copy_snapshot(stagestate.complete_snapshots(kept)[-1][1], local)
+
+
+def _copy_snapshot(solverstate, stage_dir):
+    """A snapshot's three files into stage_dir's snapshots/, its .complete marker last."""
+    (stage_dir / stagestate.SNAPSHOTS).mkdir(parents=True, exist_ok=True)
     for suffix in SNAPSHOT_SUFFIXES:
-        shutil.copy2(state.with_suffix(suffix), local / stagestate.SNAPSHOTS / state.with_suffix(suffix).name)
+        source = solverstate.with_suffix(suffix)
+        shutil.copy2(source, stage_dir / stagestate.SNAPSHOTS / source.name)
