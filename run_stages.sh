@@ -57,12 +57,14 @@ export HINTKD_CAFFE_VARIANT=$variant
 if [ -z "$status" ]; then
   # 1. Caffe, built once per machine into a shared prefix.
   "$ROOT/engine/install_caffe.sh" >/dev/null
-  # 2. Data, prepared once per output folder.
+  # 2. The user's own nets, weights, solver and hints read and checked, before any data or write.
+  PYTHONPATH="$ROOT" "$PYTHON" -m hintkd.precheck "$@" || exit
+  # 3. Data, prepared once per output folder.
   "$PYTHON" "$ROOT/data_prep/prepare.py" "$dataset" --out "$out/data/$dataset" ${source:+--source "$source"} \
     ${no_md5:+--no-md5} || exit
 fi
 
-# 3. The method's stages, each after the stages whose weights it starts from, then the
+# 4. The method's stages, each after the stages whose weights it starts from, then the
 #    run's summary and its place beside the paper's table (or --status, or --slurm).
 export PYTHONPATH="$ROOT"
 exec "$PYTHON" -m hintkd.graph "$@"

@@ -26,15 +26,15 @@ engine.use_system_python()
 from hintkd import estimate, graph, netgen, options, plan, report, stagestate, train  # noqa: E402
 
 
-def dry_run(study, source=None, time_limit=None):
-    """Prints every run with its stages' progress, the time left on this machine and
-    where the data comes from; returns the iterations still to go."""
+def dry_run(study, source=None, time_limit=None, keep_dir=None):
+    """Prints every run with its stages' progress (with keep_dir, its kept stages count), the
+    time left on this machine and where the data comes from; returns the iterations still to go."""
     print(f"{study.name}: {study.spec['title']}")
     print(f"  {study.describe()}; runs under {study.out}")
     print(f"  data: {estimate.data_needs(study.dataset, study.out / 'data' / study.dataset, source)}")
     estimator, left_of = estimate.Estimator(), {}  # stage folder -> (iterations, seconds) left
     planners = {method: plan.planned(study.run_options(method), write=False) for method in study.methods()}
-    progress = {method: plan.progress_of(planner) for method, planner in planners.items()}
+    progress = {method: plan.progress_of(planner, keep_dir) for method, planner in planners.items()}
     for stages in progress.values():  # finished stages first teach the estimator this machine's speed
         for folder, _, _ in stages:
             estimator.learn(folder)
@@ -80,7 +80,7 @@ def main(argv=None):
         study = report.Study(args.target, Path(args.out), args.dataset, args.depths,
                              netgen.quick_scale() if args.quick else args.scale, args.nets, args.seed)
         if args.dry_run:
-            dry_run(study, args.source, args.time_limit)
+            dry_run(study, args.source, args.time_limit, args.keep)
             return 0
         graph.restore_kept(args)  # --keep DIR: what it has and --out lacks
         # Every stage process takes the same build: the CUDA one for a GPU.

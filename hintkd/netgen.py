@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jinja2
 
-from hintkd import engine
+from hintkd import engine, iterations
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "prototxt_templates"
@@ -193,7 +193,7 @@ def user_schedule(path, scale):
     """The values of a user's solver prototxt as schedule() gives them: any lr_policy
     Caffe has, its iteration counts times scale (unscaled_max_iter keeps the original)."""
     try:
-        p = validate(Path(path).read_text(), "SolverParameter")
+        p = validate(Path(path).read_text(), "SolverParameter", whose="a")
     except (OSError, GenerateError) as e:
         raise GenerateError(f"--solver {path}: {e}") from None
     if not p.max_iter:
@@ -202,7 +202,8 @@ def user_schedule(path, scale):
         return float(f"{value:.7g}")
     s = {"type": p.type or "SGD", "base_lr": real(p.base_lr), "lr_policy": p.lr_policy or "fixed",
          "momentum": real(p.momentum), "weight_decay": real(p.weight_decay), "max_iter": scaled(p.max_iter, scale),
-         "unscaled_max_iter": p.max_iter, "stepvalue": [scaled(v, scale) for v in p.stepvalue],
+         "unscaled_max_iter": p.max_iter, "unscaled_stepvalue": list(p.stepvalue),
+         "stepvalue": [scaled(v, scale) for v in p.stepvalue],
          "snapshot": scaled(p.snapshot or p.max_iter, scale)}
     for key in ("test_interval", "display"):  # unset: the dataset's, as schedule() gives them
         if getattr(p, key):
@@ -223,8 +224,7 @@ def user_schedule(path, scale):
     return s
 
 
-def scaled(iterations, scale):
-    return max(1, int(round(iterations * scale)))
+scaled = iterations.scaled
 
 
 def quick_scale():
@@ -235,13 +235,13 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefi
                           trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=True)
 
 
-def validate(text, message="NetParameter"):
+def validate(text, message="NetParameter", whose="generated"):
     """Parses prototxt text with Caffe's own protobuf definitions."""
     from google.protobuf import text_format
     try:
         return text_format.Parse(text, getattr(engine.caffe_pb2(), message)())
     except text_format.ParseError as e:
-        raise GenerateError(f"generated {message} does not parse: {e}") from None
+        raise GenerateError(f"{whose} {message} does not parse: {e}") from None
 
 
 def with_input_layer(text, shape, force_backward=False):

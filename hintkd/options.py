@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hintkd import engine, read_table
+from hintkd import engine, iterations, read_table
 
 REPO = Path(__file__).resolve().parent.parent
 PROG = "run_stages.sh"
@@ -116,17 +116,26 @@ def target(text):
     return text
 
 
-def positive(kind):
+def bounded(kind, holds, words):
+    """An argparse type: a `kind` number for which holds(value) is true ("above 0")."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__} number, got '{text}'") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a number above 0, got '{text}'")
+        if not holds(value):  # written so that NaN fails too
+            raise argparse.ArgumentTypeError(f"expected a number {words}, got '{text}'")
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def positive(kind):
+    return bounded(kind, lambda value: value > 0, "above 0")
+
+
+def non_negative(kind):
+    return bounded(kind, lambda value: value >= 0, "of 0 or more")
 
 
 def folder_or_new(text):
@@ -211,7 +220,8 @@ def add_run_options(parser):
     parser.add_argument("--hint-weights", type=numbers(float), help="a_i of eq. 7 (default: equal)")
     parser.add_argument("--step-iterations", type=numbers(int), help="iterations of each layer-wise step")
     parser.add_argument("--tau", type=positive(float), help="softening factor (default 3, sec. 2.1)")
-    parser.add_argument("--kd-lambda", type=float, help="weight of the KD term (default 5, sec. 3.1)")
+    parser.add_argument("--kd-lambda", type=non_negative(float),
+                        help="weight of the KD term, 0 or more (default 5, sec. 3.1)")
     parser.add_argument("--tau-squared", action="store_const", const=True,
                         help="multiply the KD term by tau^2 (Hinton et al.; not in the paper)")
     parser.add_argument("--regressor", action="store_true",
@@ -232,6 +242,7 @@ def add_run_options(parser):
     scale.add_argument("--scale", type=positive(float), default=1.0,
                        help="multiply every iteration count of the paper by F")
     scale.add_argument("--quick", action="store_true", help="a smoke run: --scale from solvers/schedules.json")
+    parser.add_argument("--scale-anyway", action="store_true", help=SCALE_ANYWAY_HELP)
 
 
 def add_run_arguments(parser):
@@ -356,12 +367,55 @@ def reproduce_parser(prog=f"{PROG} reproduce", description=None):
     scale.add_argument("--scale", type=positive(float), default=1.0,
                        help="multiply every iteration count of the paper by F")
     scale.add_argument("--quick", action="store_true", help="--scale from solvers/schedules.json (a smoke run)")
+    parser.add_argument("--scale-anyway", action="store_true", help=SCALE_ANYWAY_HELP)
     parser.add_argument("--nets", type=positive(int), default=3, help="Stage 2 nets per method (paper: 3)")
     parser.add_argument("--seed", type=int, default=1)
     add_data_options(parser)
     add_device_options(parser)
     add_execution_options(parser)
     return parser
+
+
+SCALE_ANYWAY_HELP = "run a --scale that puts two learning-rate steps on one iteration (refused otherwise)"
+
+
+def check_scale(parser, args, stepvalues, max_iter, what):
+    """A scale that merges a schedule's learning-rate steps is refused before anything runs,
+    or with --scale-anyway said once."""
+    scale = quick_scale() if args.quick else args.scale
+    problem = iterations.scale_problem(stepvalues, max_iter, scale, what)
+    if problem and args.scale_anyway:
+        print(f"{parser.prog}: warning: {problem.split(';')[0]}; running it so (--scale-anyway)", file=sys.stderr)
+    elif problem:
+        parser.error(problem)
+
+
+def check_paper_scale(parser, args, dataset):
+    """check_scale for the paper's schedule of the dataset (a --solver of the user's: hintkd.precheck)."""
+    if not getattr(args, "solver", None):
+        paper = read_table(REPO / "solvers" / "schedules.json")["scratch"][dataset]
+        check_scale(parser, args, paper["stepvalue"], paper["max_iter"], f"the {dataset} schedule")
+
+
+# In an image the user is 1000 unless run with --user; a host folder mounted on /runs keeps its owner.
+OWN_USER = 'give a folder this user can write, chown it, or in an image run it with --user "$(id -u):$(id -g)"'
+
+
+def check_folders(parser, args):
+    """An output or kept folder this user cannot write, or a source it cannot read, refused in one
+    line before anything is installed or written (as a run in an image would meet it)."""
+    if getattr(args, "status", False) or getattr(args, "dry_run", False):
+        return
+    for option, folder in (("--out", args.out), ("--keep", args.keep)):
+        if folder:
+            path = Path(folder).resolve()
+            existing = next(p for p in (path, *path.parents) if p.exists())
+            if not os.access(existing, os.W_OK | os.X_OK):
+                parser.error(f"{option} {folder}: {existing} is not writable by user {os.getuid()}: {OWN_USER}")
+    source = getattr(args, "source", None)
+    if source and not os.access(source, os.R_OK | (os.X_OK if Path(source).is_dir() else 0)):
+        parser.error(f"--source {source}: not readable by user {os.getuid()}: make it readable (chmod a+rX), "
+                     f'or in an image run it with --user "$(id -u):$(id -g)"')
 
 
 def check_source(parser, args):
@@ -382,6 +436,8 @@ def shell_assignments(argv):
     parser = run_parser()
     args = parser.parse_args(argv)
     check_source(parser, args)
+    check_folders(parser, args)
+    check_paper_scale(parser, args, args.dataset)
     values = {"dataset": args.dataset, "out": str(Path(args.out).resolve()),
               "source": str(Path(args.source).resolve()) if args.source else "", "no_md5": "yes" if args.no_md5 else "",
               "status": "yes" if args.status else "", "variant": engine_variant(args)}
@@ -401,7 +457,11 @@ def main(argv=None):
             return 2
         print(shell_assignments(rest))
     elif command == "reproduce":
-        args = reproduce_parser().parse_args(rest)
+        parser = reproduce_parser()
+        args = parser.parse_args(rest)
+        check_folders(parser, args)
+        check_paper_scale(parser, args, args.dataset or read_table(REPO / "analysis" / "paper_results.json")[args.target]
+                    ["dataset"])
         print(f"status={'yes' if args.status else ''}\nvariant={engine_variant(args)}")
     else:
         print("usage: python3 -m hintkd.options run|reproduce ARGS...", file=sys.stderr)

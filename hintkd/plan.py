@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hintkd import datasets, engine, handoff, netgen, read_table, stagestate, train, usernet
+from hintkd import datasets, engine, handoff, keep, netgen, read_table, stagestate, train, usernet
 from hintkd.atomic import write_json, write_text
 
 METHODS = netgen.REPO / "solvers" / "methods.json"
@@ -174,12 +174,15 @@ class Point:
 class Planner:
     """Plans a method's stages; with write=False it only lists them (a dry run)."""
 
-    def __init__(self, opts, write=True):
+    def __init__(self, opts, write=True, manifest=None):
+        """manifest: what the data will be (classes, channels, image size), for planning before it is prepared."""
         self.opts = opts
         self.write = write
-        manifest = Path(opts.data_dir) / "manifest.json"
-        if manifest.exists():
-            self.manifest = json.loads(manifest.read_text())
+        prepared = Path(opts.data_dir) / "manifest.json"
+        if manifest:
+            self.manifest = manifest
+        elif prepared.exists():
+            self.manifest = json.loads(prepared.read_text())
         elif not write and datasets.dataset_info(opts.dataset).get("num_classes"):
             self.manifest = {"num_classes": datasets.dataset_info(opts.dataset)["num_classes"]}
         else:
@@ -516,19 +519,22 @@ def progress(opts):
     return progress_of(planned(opts, write=False))
 
 
-def progress_of(planner):
-    """progress() of a method already planned."""
+def progress_of(planner, keep_dir=None):
+    """progress() of a method already planned; with keep_dir (--keep DIR), a stage the output
+    folder lacks counts as far as its kept form got (what a run would restore from DIR)."""
     rows = []
     for folder in planner.stages:
         total = planner.iterations_of[folder]
         done = stagestate.iterations_done(folder, total)
+        if keep_dir and not done:
+            done = stagestate.iterations_done(keep.kept_folder(folder, planner.opts.out, keep_dir), total)
         rows.append((folder, done, total))
     return rows
 
 
-def planned(opts, write):
+def planned(opts, write, manifest=None):
     """The Planner after planning opts.method (its stages, their iterations and nets)."""
-    planner = Planner(opts, write)
+    planner = Planner(opts, write, manifest)
     for entry in method_table()[opts.method]["stages"]:
         kind = getattr(planner, entry["kind"], None)
         if kind is None or entry["kind"].startswith("_"):

@@ -60,6 +60,18 @@ def test_help_by_default_and_a_wrong_input_in_one_line(image):
     assert line.startswith("run_stages.sh: error: argument method: unknown method 'distill'")
 
 
+def test_a_runs_folder_the_images_user_cannot_write_is_named_in_one_line(image, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o755)  # root's, as `mkdir runs` by root or a Docker daemon leaves it
+    if os.stat(runs).st_uid == USER:
+        pytest.skip("this test runs as the image's user: its folders are the image's")
+    result = images.run(image, ["digits", "14", "8", "proposed"], volumes=[(runs, "/runs")])
+    (line,) = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and line.startswith("run_stages.sh: error: --out /runs: /runs is not writable by "
+                                                      "user 1000"), result.stderr
+    assert '--user "$(id -u):$(id -g)"' in line and not list(runs.iterdir())
+
+
 def test_every_build_in_the_image_finds_its_libraries(image):
     """ldd of each build's library, tool and pycaffe module against the runtime's packages."""
     script = ("set -e; for f in /opt/hintkd/cache/caffe-*/lib/libcaffe.so.* /opt/hintkd/cache/caffe-*/bin/caffe "

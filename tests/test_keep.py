@@ -74,12 +74,15 @@ def test_a_kept_folder_goes_on_elsewhere_training_only_what_it_lacks(tmp_path):
     assert not list(tmp_path.glob("**/.*.partial")) and not list(tmp_path.glob("**/.*.old"))
 
 
-def test_report_only_builds_the_table_from_a_kept_folder_alone(tmp_path):
+def test_report_only_and_the_dry_run_see_a_kept_folder_alone(tmp_path):
     kept = tmp_path / "kept"
     target = ["reproduce", "table1", "--dataset", "digits", "--depths", "14,8", "--quick", "--nets", "1"]
     built = run([RUN_STAGES, *target, "--out", str(tmp_path / "here"), "--keep", str(kept)])
     table = (kept / "table.md").read_text()
     assert table in built.stdout and (kept / "table.csv").exists() and (kept / "figure.png").exists()
+    dry = run([RUN_STAGES, *target, "--dry-run", "--out", str(tmp_path / "dry"), "--keep", str(kept)])
+    assert "iterations still to go: 0 " in dry.stdout and " to do " not in dry.stdout, dry.stdout  # counted as kept
+    assert not (tmp_path / "dry").exists()
     again = run([RUN_STAGES, *target, "--report-only", "--out", str(tmp_path / "elsewhere"), "--keep", str(kept)])
     assert table in again.stdout
     assert not (tmp_path / "elsewhere" / "data").exists()  # nothing trained, no data prepared
