@@ -19,6 +19,9 @@ TEST_DATA = REPO / "tests" / "data"
 MNIST = TEST_DATA / "mnist"  # the first 2,000 training and 1,000 test images, official IDX format
 CIFAR10_JPEG = TEST_DATA / "cifar10-jpeg-subset.tar.gz"  # 100 training and 20 test JPEGs a class
 CAFFE_LOGS = TEST_DATA / "caffe-logs"  # real Caffe logs written elsewhere
+# The kept Table 1 studies at 1/16 (README section 3, docs/study-table1.md): the paper's depths, then smaller nets.
+TABLE1_STUDIES = [REPO / "analysis" / "studies" / f"table1-cifar10-resnet{depths}-scale0.0625"
+                  for depths in ("26to14", "14to8")]
 sys.path.insert(0, str(REPO))
 
 from hintkd import engine, lmdb_data  # noqa: E402

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TABLE1_STUDIES
 from analysis import measured
 
 DOCUMENTS = measured.DOCUMENTS  # README.md and docs/*.md
@@ -33,14 +33,32 @@ def test_every_quoted_block_is_what_the_measurements_render():
     assert ("README.md", "main-job") in {(str(d), n) for d, n in measured.stale_blocks(changed)}
 
 
-def test_the_readme_quotes_the_kept_study():
-    """The README's short Table 1 at 1/16 holds the averages of the kept study's own CSV."""
-    kept = REPO / "analysis" / "studies" / "table1-cifar10-resnet14to8-scale0.0625"
+TABLE1_ROWS = ("student", "kd", "hint-kd", "hint-kd+", "proposed", "teacher")  # the README's rows, in order
+
+
+def kept_nets(kept):
+    """{method: its nets' P_c} from a kept study's own table.csv."""
     rows = list(csv.DictReader(open(kept / "table.csv")))
-    readme = (REPO / "README.md").read_text()
-    for method in ("kd", "hint-kd", "hint-kd+", "proposed", "student", "teacher"):
-        values = [float(r["ours_final"]) for r in rows if r["method"] == method and r["net"] not in ("avg", "std")]
-        assert f"| {statistics.mean(values):.2f}" in readme, f"{method}: average {statistics.mean(values):.2f}"
+    return {method: [float(r["ours_final"]) for r in rows if r["method"] == method and r["net"] not in ("avg", "std")]
+            for method in TABLE1_ROWS}
+
+
+def markdown_rows(text, header):
+    """The cells of each row of the markdown table that starts with `header`."""
+    lines = text[text.index(header):].splitlines()[2:]
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in lines[:lines.index("")] if line.startswith("|")]
+
+
+def test_the_readme_quotes_the_kept_studies():
+    """The README's Table 1 at 1/16 holds each kept study's own averages and spreads, in its
+    own columns (26 -> 14, then 14 -> 8) and rows."""
+    rows = markdown_rows((REPO / "README.md").read_text(), "| Method | 26 -> 14 | Std. | 14 -> 8 | Std. |")
+    assert len(rows) == len(TABLE1_ROWS)
+    for column, kept in zip((1, 3), TABLE1_STUDIES):
+        for cells, (method, values) in zip(rows, kept_nets(kept).items()):
+            mean = f"{statistics.mean(values):.2f}"
+            assert cells[column] == (mean if len(values) == 3 else f"{mean} (one net)"), (kept.name, method, cells)
+            assert cells[column + 1] == (f"{statistics.stdev(values):.2f}" if len(values) == 3 else "-"), cells
 
 
 def test_the_readme_and_own_nets_quote_the_kept_study_of_bvlcs_nets():
@@ -83,3 +101,30 @@ def test_the_check_command_names_a_stale_block(tmp_path, monkeypatch):
     monkeypatch.setattr(measured, "DOCUMENTS", [readme])
     monkeypatch.setattr(measured, "ROOT", tmp_path)
     assert measured.main(["--check"]) == 1
+
+
+def test_the_two_depths_in_the_study_are_the_kept_csvs():
+    """docs/study-table1.md's side-by-side table and the differences and p-values its text
+    quotes: each recomputed from the kept studies' own Nets 1-3 (Welch's test as the tables
+    carry it)."""
+    from hintkd.report import welch_p
+    text = (REPO / "docs" / "study-table1.md").read_text()
+    rows = markdown_rows(text, "| Method | 26 -> 14: Avg. | Std. | vs. next row | 14 -> 8: Avg. |")
+    assert len(rows) == len(TABLE1_ROWS)
+    for column, kept in zip((1, 4), TABLE1_STUDIES):
+        nets = kept_nets(kept)
+        for i, (cells, method) in enumerate(zip(rows, TABLE1_ROWS)):
+            values = nets[method]
+            mean = f"{statistics.mean(values):.2f}"
+            assert cells[column] == (mean if len(values) == 3 else f"{mean} (one net)"), (kept.name, method, cells)
+            assert cells[column + 1] == (f"{statistics.stdev(values):.2f}" if len(values) == 3 else "-"), cells
+            following = TABLE1_ROWS[i + 1] if method in ("kd", "hint-kd", "hint-kd+") else None
+            assert cells[column + 2] == (f"p={welch_p(values, nets[following]):.3f}" if following else ""), cells
+        for better, worse, form in (("hint-kd", "kd", "+{d:.2f} (p = {p:.3f})"),
+                                    ("hint-kd+", "kd", "+{d:.2f} (p = {p:.3f})"),
+                                    ("proposed", "kd", "+{d:.2f} (p = {p:.3f})"),
+                                    ("proposed", "hint-kd", "+{d:.2f}, p = {p:.3f}"),
+                                    ("hint-kd+", "hint-kd", "+{d:.2f}, p = {p:.3f}")):
+            d = statistics.mean(nets[better]) - statistics.mean(nets[worse])
+            quoted = form.format(d=d, p=welch_p(nets[better], nets[worse]))
+            assert quoted in " ".join(text.split()), (kept.name, better, worse, quoted)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import CAFFE_LOGS as LOGS, REPO, SCALE, out_with_data, run
+from conftest import CAFFE_LOGS as LOGS, REPO, SCALE, TABLE1_STUDIES, out_with_data, run
 from hintkd import caffelog
 
 PARSE_LOG = str(REPO / "analysis" / "parse_log.py")
@@ -297,9 +297,9 @@ def test_a_p_value_is_printed_on_its_own_side_of_the_rule():
         assert (shown < SIGNIFICANCE) == (p < SIGNIFICANCE) and ("beyond" in _versus_text(p)) == (p < SIGNIFICANCE), p
 
 
-def test_the_docs_show_the_kept_study_table_as_reproduce_wrote_it():
-    """docs/study-table1.md and analysis/studies/ hold the same table."""
-    kept = REPO / "analysis" / "studies" / "table1-cifar10-resnet14to8-scale0.0625"
+@pytest.mark.parametrize("kept", TABLE1_STUDIES, ids=lambda folder: folder.name)
+def test_the_docs_show_the_kept_study_table_as_reproduce_wrote_it(kept):
+    """docs/study-table1.md and analysis/studies/ hold the same table, for each study."""
     assert kept.joinpath("table.md").read_text().rstrip("\n") in (REPO / "docs" / "study-table1.md").read_text()
     rows = list(csv.DictReader(open(kept / "table.csv")))
     assert {r["method"] for r in rows} == {"kd", "hint-kd", "hint-kd+", "proposed", "student", "teacher"}
