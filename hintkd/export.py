@@ -60,7 +60,8 @@ def export_student(stage_dir, weights):
         "input": shape,
         "pixels": "0-255, channels in RGB order as data_prep writes them (not the BGR of OpenCV and "
                   "caffe.io.Transformer's usual setup)",
-        "mean": [round(m, 4) for m in transform.mean_value],
+        # one value a channel, 0 where the dataset subtracts none, so that the formula holds as written
+        "mean": [round(m, 4) for m in transform.mean_value] or [0.0] * shape[1],
         "scale": transform.scale if transform.HasField("scale") else 1.0,
         "formula": "(pixel - mean[channel]) * scale",
         "outputs": {"prob": "class probabilities", _own_name(logits): "logits"},

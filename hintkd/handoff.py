@@ -9,6 +9,7 @@ import numpy as np
 
 from hintkd import engine
 from hintkd.atomic import write_bytes
+from hintkd.datasets import file_digest
 
 
 class HandoffError(Exception):
@@ -80,8 +81,9 @@ def write_renamed(source, target, names):
 
 def load_initial_weights(net, inits):
     """Loads each {"weights": caffemodel, "layers": [names]} into net with
-    copy_from, then checks every listed layer value by value; returns report lines."""
-    report = []
+    copy_from, then checks every listed layer value by value; returns what was
+    loaded, a record for each file (its path, sha256, the layers, frozen or not)."""
+    loaded = []
     for init in inits:
         path, expected = init["weights"], init["layers"]
         absent = [name for name in expected if name not in net.params]
@@ -94,8 +96,13 @@ def load_initial_weights(net, inits):
                                "it would keep random weights")
         net.copy_from(path)
         _compare(net, expected, source, path, "differs from {path} after loading")
-        report.append(f"loaded and checked {len(expected)} layers from {path}")
-    return report
+        loaded.append({"weights": str(path), "sha256": file_digest(path), "layers": sorted(expected),
+                       "frozen": bool(init.get("frozen"))})
+    return loaded
+
+
+def describe_loaded(record):
+    return f"loaded and checked {len(record['layers'])} layers from {record['weights']}"
 
 
 def verify_frozen(net, inits):

@@ -31,6 +31,7 @@ from hintkd.stagestate import FAILED, LOCK, SUMMARY, complete_snapshots, failure
 SNAPSHOT_PREFIX = "snapshots/net"
 FINAL_WEIGHTS = "final.caffemodel"
 KEEP_SNAPSHOTS = 2
+LOADED = "loaded.json"  # the weights a stage started from: each file's path, sha256 and layers
 STOPPED = 75  # exit code of a stage stopped by a signal (EX_TEMPFAIL: run it again to resume)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 # A stage starts under a time limit only when this much training fits before it, after
@@ -238,9 +239,11 @@ def train(stage_dir, gpu=None, out=sys.stdout, stop_at=None):
         print(f"[{label}] resuming from the snapshot at iteration {it}", file=out, flush=True)
         solver.restore(str(state.relative_to(stage_dir)))
     else:
+        # What this stage really started from, kept for its summary (a resumed run loads a snapshot instead).
         loaded = handoff.load_initial_weights(solver.net, stage.get("init", []))
-        for line in loaded:
-            print(f"[{label}] {line}", file=out, flush=True)
+        write_json(stage_dir / LOADED, loaded)
+        for record in loaded:
+            print(f"[{label}] {handoff.describe_loaded(record)}", file=out, flush=True)
 
     max_iter, every = solver_param.max_iter, stage["snapshot_every"]
     limit = TimeLimit(stop_at)
@@ -320,6 +323,7 @@ def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_lo
         "final_losses": final_losses,
         "loss_weights": weights,
         "test_points": len(tests),
+        "loaded": json.loads((stage_dir / LOADED).read_text()) if (stage_dir / LOADED).exists() else [],
         "engine": engine_line,
         # This run's wall-clock start and end (the last run of a resumed stage), Unix seconds.
         "started": round(started, 3),

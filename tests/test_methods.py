@@ -6,13 +6,14 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
-from conftest import REPO, SCALE, out_with_data, run
-from hintkd import caffelog, engine, handoff, netgen, plan, stagestate, train
+from conftest import REPO, SCALE, out_with_data, read_lmdb, run
+from hintkd import caffelog, datasets, engine, handoff, netgen, plan, stagestate, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
@@ -115,6 +116,42 @@ def read_teacher_layers(caffemodel):
             if name.startswith("teacher/")}
 
 
+# One image at a time against the stage's own test pass over the same 300 images: the two
+# compute the same sums in another order, so only a logit pair within rounding of a tie may
+# flip (none seen on 2 cores of a Xeon for the seven methods' nets); a student whose
+# BatchNorm normalizes by the batch's own statistics, or preprocessing.json that is not the
+# net's, falls to about chance. One image's worth of room, 1/300.
+EXPORT_ROOM = 1 / 300
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_exported_student_as_a_user_runs_it_scores_the_stages_accuracy(methods_out, caffe, method):
+    """export/ alone, as its preprocessing.json says: the raw test pixels, one image at a time
+    and in batches of 7, through pycaffe; the accuracy is the stage's test accuracy."""
+    run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
+    stage = [f for f in stage_folders(methods_out, method) if f.name == "stage2-net2"][0]
+    export = stage / "export"
+    preprocessing = json.loads((export / "preprocessing.json").read_text())
+    images, labels = read_lmdb(methods_out / "data" / "digits", "test")
+    assert list(images.shape[1:]) == preprocessing["input"][1:]
+    mean = np.array(preprocessing["mean"], np.float32).reshape(-1, 1, 1)
+    inputs = (images.astype(np.float32) - mean) * preprocessing["scale"]
+    net = caffe.Net(str(export / "deploy.prototxt"), caffe.TEST, weights=str(export / "student.caffemodel"))
+
+    def predict(batch):
+        predicted = []
+        for start in range(0, len(inputs), batch):
+            chunk = inputs[start:start + batch]
+            net.blobs["data"].reshape(*chunk.shape)
+            net.blobs["data"].data[...] = chunk
+            predicted.extend(net.forward()["prob"].argmax(axis=1))
+        return np.array(predicted)
+    one, seven = predict(1), predict(7)
+    stage_accuracy = json.loads((stage / "summary.json").read_text())["final_test"]["accuracy"]
+    assert abs(float((one == labels).mean()) - stage_accuracy) <= EXPORT_ROOM + 1e-9, (one == labels).mean()
+    assert (one != seven).sum() <= 1
+
+
 @pytest.mark.parametrize("method", ["proposed", "concurrent", "sl-resnet-kd"])
 def test_teacher_is_bit_identical_after_every_stage(methods_out, method):
     run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
@@ -151,6 +188,53 @@ def test_caffe_runs_no_backward_through_the_teacher(methods_out, tmp_path, stage
     teacher = [key for key in arrays if key.startswith("diff:teacher/")]
     assert teacher and all(not arrays[key].any() for key in teacher)
     assert any(arrays[key].any() for key in arrays if key.startswith("diff:student/"))
+
+
+def paper_starts(method, name, steps):
+    """The stages a stage of `method` starts from, as the paper has them: the frozen teacher
+    (sec. 2: every method but SL-ResNet learns from it), the previous layer-wise or
+    supervised step (sec. 2.2, 3.3), and Stage 2 from the end of Stage 1 (KD alone: from
+    random weights, sec. 2.1). `steps`: the run's Stage 1 folders in order."""
+    teacher = [] if method == "sl-resnet" else ["teacher"]
+    if name.startswith("stage2-net"):
+        return teacher + steps[-1:]
+    index = steps.index(name)
+    guided = teacher if method not in ("sl-resnet", "sl-resnet-kd") else []  # SL steps learn from labels
+    return guided + steps[index - 1:index]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_stage_started_from_the_stages_the_paper_says(methods_out, method):
+    """Read from what each stage really loaded (its summary's record of every caffemodel it
+    started from, with the file's sha256): the sources are the paper's, each is the finished
+    source's final weights bit for bit, the teacher is one file in every stage that reads it
+    and is loaded frozen, whole in Stage 2, and Stage 2 takes every student layer that
+    Stage 1 trained (its regressors aside)."""
+    run([RUN_STAGES, "digits", "14", "8", method, "--scale", SCALE, "--out", str(methods_out)])
+    folders = stage_folders(methods_out, method)
+    steps = [f.name for f in folders if f.name.startswith("stage1")]
+    teachers = set()
+    for folder in folders:
+        loaded = json.loads((folder / "summary.json").read_text())["loaded"]
+        names = ["teacher" if Path(r["weights"]).parent.name.startswith("teacher-") else Path(r["weights"]).parent.name
+                 for r in loaded]
+        assert names == paper_starts(method, folder.name, steps), folder
+        for record, source_name in zip(loaded, names):
+            source = Path(record["weights"])
+            assert source.name == train.FINAL_WEIGHTS and stagestate.is_finished(source.parent)
+            assert record["sha256"] == datasets.file_digest(source)
+            stored = handoff.read_caffemodel(source)
+            role = "teacher/" if source_name == "teacher" else "student/"
+            assert record["layers"] and set(record["layers"]) <= set(stored) and record["frozen"] == (role == "teacher/")
+            assert all(name.startswith(role) for name in record["layers"]), record["layers"]
+            if source_name == "teacher":
+                teachers.add(record["sha256"])
+                if folder.name.startswith("stage2"):
+                    assert set(record["layers"]) == set(stored)
+            elif folder.name.startswith("stage2") and method not in ("sl-resnet", "sl-resnet-kd"):
+                trained = {n for n in stored if n.startswith("student/") and "/regressor" not in n}
+                assert set(record["layers"]) == trained
+    assert len(teachers) == (0 if method == "sl-resnet" else 1)
 
 
 def test_each_layerwise_step_cuts_the_teacher_at_its_hint(methods_out):

@@ -16,16 +16,23 @@ from hintkd import engine
 # sec. 3 / Fig. 3: 6n+2 ResNets; Table 1's teacher ResNet-26 and student ResNet-14, n = 4 and 2.
 T_BLOCKS, S_BLOCKS = 4, 2
 TAU = 3  # sec. 2.1: "we set tau = 3 for all experiments"
-LAMBDA = {"cifar10": 5, "mnist": 5}  # sec. 3.1 and 3.2: lambda = 5
+LAMBDA = {"cifar10": 5, "cifar100": 5, "mnist": 5}  # sec. 3.1 and 3.2: lambda = 5 (CIFAR-100: "the same KD training")
 SL_KD_LAMBDA = {"cifar10": 5, "mnist": 3}  # sec. 3.3: "lambda was set to 5 for CIFAR-10 and 3 for MNIST"
 HINT_LR = 1e-4  # sec. 3.1-3.2: hint training at a learning rate of 1e-4
 # sec. 3.1 (CIFAR-10), 3.2 (MNIST): hint-KD 25k iterations; proposed 3k/7k/15k (the same 25k);
 # sec. 3.1 (CIFAR-100): 35k; proposed 5k/15k/15k.
-HINT_ITERATIONS = {"cifar10": 25000, "mnist": 25000}
-LAYERWISE_ITERATIONS = {"cifar10": [3000, 7000, 15000], "mnist": [3000, 7000, 15000]}
+HINT_ITERATIONS = {"cifar10": 25000, "cifar100": 35000, "mnist": 25000}
+LAYERWISE_ITERATIONS = {"cifar10": [3000, 7000, 15000], "cifar100": [5000, 15000, 15000], "mnist": [3000, 7000, 15000]}
 # Stage 2 and the nets alone: He et al.'s schedule as the paper gives it. CIFAR-10 (sec. 3.1):
-# batch 128, lr 0.1, /10 at 32k and 48k, end at 64k; MNIST (sec. 3.2): batch 64, 18k/27k/36k.
-SCRATCH = {"cifar10": (128, [32000, 48000], 64000), "mnist": (64, [18000, 27000], 36000)}
+# batch 128, lr 0.1, /10 at 32k and 48k, end at 64k; CIFAR-100 (sec. 3.1) the same; MNIST
+# (sec. 3.2): batch 64, 18k/27k/36k.
+SCRATCH = {"cifar10": (128, [32000, 48000], 64000), "cifar100": (128, [32000, 48000], 64000),
+           "mnist": (64, [18000, 27000], 36000)}
+# The nets' input and widths: CIFAR 32x32 RGB, widths {16, 32, 64} (sec. 3, Fig. 2), CIFAR-100's
+# four times wider {64, 128, 256} (sec. 3.1); MNIST 28x28 grey, feature maps {28, 14, 7} (sec. 3.2).
+INPUT = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "mnist": (1, 28, 10)}  # channels, size, classes
+WIDTHS = {"cifar10": [16, 32, 64], "cifar100": [64, 128, 256], "mnist": [16, 32, 64]}
+DATASETS = ["cifar10", "cifar100", "mnist"]
 SL_STEP_ITERATIONS = {"cifar10": 12000, "mnist": 8000}  # sec. 3.3
 
 
@@ -52,8 +59,10 @@ def planned(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper_nets")
     rng = np.random.RandomState(0)
     write_cifar_archive(root / "cifar.tar.gz", rng, per_batch=20)
+    write_cifar_archive(root / "cifar100.tar.gz", rng, per_batch=100, classes=100, cifar100=True)
     write_mnist_folder(root / "mnist", rng, n_train=40, n_test=20)
-    for dataset, source in (("cifar10", root / "cifar.tar.gz"), ("mnist", root / "mnist")):
+    for dataset, source in (("cifar10", root / "cifar.tar.gz"), ("cifar100", root / "cifar100.tar.gz"),
+                            ("mnist", root / "mnist")):
         python(REPO / "data_prep" / "prepare.py", dataset, "--no-md5", "--source", source,
                "--out", root / "data" / dataset)
     made = {}
@@ -72,8 +81,9 @@ def planned(tmp_path_factory):
 
 # --- Stage 2: eq. 2 ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
-@pytest.mark.parametrize("method", ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet-kd"])
+@pytest.mark.parametrize("dataset, method", [(d, m) for d in DATASETS
+                                              for m in ("kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet-kd")
+                                              if d in SL_KD_LAMBDA or m != "sl-resnet-kd"])  # sec. 3.3: no CIFAR-100
 def test_stage2_is_eq2_with_the_papers_tau_and_lambda(planned, dataset, method):
     folders = planned(dataset, method)
     nets = [folders[f"stage2-net{k}"] for k in (1, 2, 3)]  # sec. 3.1: Nets 1-3
@@ -101,7 +111,7 @@ def test_the_mnist_lambda_of_sl_resnet_kd_is_not_the_kd_one(planned):
     assert weights == {"kd": 5, "sl-resnet-kd": 3}
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+@pytest.mark.parametrize("dataset", DATASETS)
 def test_stage2_and_the_nets_alone_follow_he_et_al_schedule(planned, dataset):
     batch, steps, end = SCRATCH[dataset]
     folders = planned(dataset, "proposed")
@@ -113,6 +123,40 @@ def test_stage2_and_the_nets_alone_follow_he_et_al_schedule(planned, dataset):
         assert solver.momentum == pytest.approx(0.9) and solver.weight_decay == pytest.approx(1e-4)
         train_data = [layer for layer in by_type(layers_of(folder), "Data") if layer.include[0].phase == 0]
         assert train_data[0].data_param.batch_size == batch
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_each_datasets_input_widths_and_classes_are_the_papers(planned, dataset):
+    """Every 3x3 convolution of each net has its stage's width, the FC layer one output per
+    class, and the test input is the dataset's own image size (no crop at test time)."""
+    channels, size, classes = INPUT[dataset]
+    layers = layers_of(planned(dataset, "kd")["stage2-net1"])
+    for role in ("teacher", "student"):
+        for k, width in enumerate(WIDTHS[dataset], start=1):
+            convs = [layer for layer in by_type(layers, "Convolution") if layer.name.startswith(f"{role}/stage{k}/")
+                     and layer.convolution_param.kernel_size[0] == 3]
+            assert convs and {c.convolution_param.num_output for c in convs} == {width}, (role, k)
+        assert by_type(layers, "InnerProduct") and logits(layers, role)
+        (fc,) = [layer for layer in by_type(layers, "InnerProduct") if layer.name == f"{role}/fc"]
+        assert fc.inner_product_param.num_output == classes
+    from conftest import read_lmdb
+    from pathlib import Path
+    (test,) = [layer for layer in by_type(layers, "Data") if layer.include[0].phase == 1]
+    assert read_lmdb(Path(test.data_param.source).parent, "test")[0].shape[1:] == (channels, size, size)
+    assert not test.transform_param.crop_size
+
+
+def test_the_schedules_at_one_sixteenth_are_the_papers_divided_by_16(planned):
+    """--scale 0.0625 (README section 3): every iteration count of the paper over 16, rounded
+    as docs/study-table1.md states them: Stage 2 4,000 with steps at 2,000 and 3,000, a
+    hint 1,562 (25,000 / 16), the layer-wise steps 188, 438 and 938."""
+    def solver(method, name):
+        return parse(planned("cifar10", method, "--scale", "0.0625")[name] / "solver.prototxt", "SolverParameter")
+    stage2 = solver("proposed", "stage2-net1")
+    assert (stage2.max_iter, list(stage2.stepvalue)) == (4000, [2000, 3000])
+    assert solver("hint-kd", "stage1").max_iter == 1562
+    assert [solver("proposed", f"stage1-step{k}").max_iter for k in (1, 2, 3)] == [188, 438, 938]
+    assert stage2.base_lr == pytest.approx(0.1) and solver("hint-kd", "stage1").base_lr == pytest.approx(HINT_LR)
 
 
 # --- the frozen teacher ------------------------------------------------------------------
@@ -151,7 +195,7 @@ def stage_output(role, stage):
     return f"{role}/stage{stage}/block{T_BLOCKS if role == 'teacher' else S_BLOCKS}"
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+@pytest.mark.parametrize("dataset", DATASETS)
 def test_hint_kd_pairs_the_middle_layers_and_hint_kd_plus_the_last(planned, dataset):
     # sec. 3.1: FitNets' hint between the middle layers of the two nets; Hint-KD+ uses the
     # whole of each net but the FC layer (the last residual stage's output).
@@ -163,7 +207,7 @@ def test_hint_kd_pairs_the_middle_layers_and_hint_kd_plus_the_last(planned, data
                                                                        HINT_ITERATIONS[dataset])
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+@pytest.mark.parametrize("dataset", DATASETS)
 def test_the_proposed_method_trains_each_guided_layer_in_turn(planned, dataset):
     """eqs. 3-5, Fig. 1: step k pulls the student's k-th stage output to the teacher's, and
     holds only the student up to that stage (what W_G_k is)."""
@@ -244,13 +288,15 @@ def test_cifar_trains_on_random_crops_of_padded_images_and_tests_on_the_original
 
 # --- the KD term as wired, run ------------------------------------------------------------
 
-def test_the_kd_term_and_its_gradient_through_a_generated_stage2_net(planned, caffe):
+@pytest.mark.parametrize("options, factor", [((), 1), (("--tau-squared",), TAU ** 2)], ids=["paper", "tau-squared"])
+def test_the_kd_term_and_its_gradient_through_a_generated_stage2_net(planned, caffe, options, factor):
     """The Stage 2 net as generated: its kd blob is CE(P_T, P_S) at tau = 3 from the two
-    nets' logits, and the gradient Caffe computes for student weights matches finite
-    differences of CE + lambda * KD through the whole net. With the bottoms swapped (or no
-    gradient to the student) the KD part of the gradient is missing, and it is large enough
-    here to be seen."""
-    folder = planned("cifar10", "kd")["stage2-net1"]
+    nets' logits (times tau^2 under --tau-squared, Hinton et al.'s factor), and the gradient
+    Caffe computes for student weights matches finite differences of CE + lambda * KD through
+    the whole net, under each option. With the bottoms swapped, no gradient to the student,
+    or the factor left out of the backward pass, the KD part of the gradient is wrong, and it
+    is large enough here to be seen."""
+    folder = planned("cifar10", "kd", *options)["stage2-net1"]
     import os
     here = os.getcwd()
     os.chdir(folder)
@@ -279,7 +325,7 @@ def test_the_kd_term_and_its_gradient_through_a_generated_stage2_net(planned, ca
         e = np.exp(z - z.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
     reference = -(softmax(teacher / TAU) * np.log(softmax(student / TAU))).sum() / len(student)
-    assert float(net.blobs["kd"].data) == pytest.approx(reference, rel=1e-5)
+    assert float(net.blobs["kd"].data) == pytest.approx(factor * reference, rel=1e-5)
 
     objective()
     for blobs in net.params.values():

@@ -2,6 +2,7 @@
 import csv
 import gzip
 import json
+import math
 import os
 import re
 import statistics
@@ -230,7 +231,11 @@ def test_every_other_target_runs_on_digits(quick_out, target):
     table = (folder / "table.md").read_text()
     assert table in result.stdout and "missing" not in table and "unfinished" not in table
     rows = list(csv.DictReader(open(folder / "table.csv")))
-    assert rows and all(row for row in rows)
+    nets = [row for row in rows if row["net"] in ("1", "2", "3", "alone")]
+    assert nets and all(row["status"] == "done" for row in rows)
+    assert all(0 < float(row["ours_final"]) <= 100 for row in nets), nets  # each a trained net's P_c or P_e
+    if target.startswith("table"):  # the statistics as computed here, not only as kept
+        assert assert_statistics_by_hand(folder, printed=False)
 
 
 def test_unknown_target_and_bad_options(methods_out):
@@ -305,3 +310,62 @@ def test_the_docs_show_the_kept_study_table_as_reproduce_wrote_it(kept):
     assert {r["method"] for r in rows} == {"kd", "hint-kd", "hint-kd+", "proposed", "student", "teacher"}
     assert all(r["status"] == "done" for r in rows)
     assert (kept / "figure.png").stat().st_size > 0 and r"\begin{tabular}" in (kept / "table.tex").read_text()
+
+
+def welch_by_hand(a, b):
+    """Welch's two-sided p from its formula: t over the unpooled standard error, the
+    Welch-Satterthwaite degrees of freedom, Student's t tail (not scipy's t-test)."""
+    from scipy import stats as scipy_stats
+    (ma, va), (mb, vb) = ((sum(x) / len(x), sum((v - sum(x) / len(x)) ** 2 for v in x) / (len(x) - 1)) for x in (a, b))
+    ea, eb = va / len(a), vb / len(b)
+    t = (ma - mb) / math.sqrt(ea + eb)
+    df = (ea + eb) ** 2 / (ea ** 2 / (len(a) - 1) + eb ** 2 / (len(b) - 1))
+    return 2 * scipy_stats.t.sf(abs(t), df)
+
+
+def test_welchs_test_is_not_the_pooled_one_where_the_variances_differ():
+    """Nets 1-3 of one row close together, of the other far apart: Welch's test (unpooled,
+    ~2 degrees of freedom) and Student's pooled test (4) give different p, here on both sides
+    of 0.05; the table's must be Welch's, from its formula."""
+    from scipy import stats as scipy_stats
+
+    from hintkd.report import welch_p
+    tight, spread = [90.0, 90.1, 90.2], [91.0, 92.5, 94.0]
+    pooled = scipy_stats.ttest_ind(tight, spread, equal_var=True).pvalue
+    assert welch_p(tight, spread) == pytest.approx(welch_by_hand(tight, spread), rel=1e-9)
+    assert welch_p(tight, spread) > 0.1 and pooled < 0.06  # 0.113 against 0.051
+    assert welch_p(spread, tight) == pytest.approx(welch_p(tight, spread), rel=1e-12)  # two-sided
+
+
+def assert_statistics_by_hand(folder, printed=True):
+    """A report's Avg., Std. (sample, n - 1) and vs.-next p recomputed by hand from its own
+    net values, in table.csv and (printed) in table.md as shown; returns the rows checked."""
+    rows = list(csv.DictReader(open(folder / "table.csv")))
+    order = [m for m in dict.fromkeys(r["method"] for r in rows if r["net"] == "avg")]
+    nets = {m: [float(r["ours_final"]) for r in rows if r["method"] == m and r["net"] in ("1", "2", "3")]
+            for m in order}
+    value = {(r["method"], r["net"]): r for r in rows}
+    table = (folder / "table.md").read_text()
+    for method, following in zip(order, order[1:] + [None]):
+        values = nets[method]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        assert float(value[method, "avg"]["ours_final"]) == pytest.approx(mean, abs=1e-4), method
+        assert float(value[method, "std"]["ours_final"]) == pytest.approx(std, abs=1e-4), method
+        line = next(line for line in table.splitlines() if line.startswith(f"| {value[method, 'avg']['label']} |"))
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if printed:
+            assert cells[4] == f"{mean:.2f}" and cells[7] == f"{std:.2f}", line
+        if following and (std or statistics.stdev(nets[following])):
+            p = welch_by_hand(values, nets[following])
+            assert float(value[method, "avg"]["welch_p_vs_next"]) == pytest.approx(p, abs=1e-4), method
+            assert cells[-1].startswith(f"p={p:.3f}" if p >= 0.001 else "p<0.001"), line
+        elif not following:
+            assert cells[-1] == "" and value[method, "avg"]["welch_p_vs_next"] == ""
+    return order
+
+
+@pytest.mark.parametrize("kept", TABLE1_STUDIES, ids=lambda folder: folder.name)
+def test_the_kept_tables_avg_std_and_p_are_what_their_nets_give(kept):
+    """Each kept study's statistics from its own Nets 1-3, in the CSV and as printed."""
+    assert len(assert_statistics_by_hand(kept)) == 4

@@ -55,11 +55,35 @@ def test_solver_and_lmdb_net_parse_and_build(caffe, digits_data, tmp_path, datas
     assert built.blobs["data"].data.shape == (sched["batch_size"], 1, 8, 8)
 
 
+def he_et_al_params(depth, widths, channels, classes, projection):
+    """Learned parameters of He et al.'s 6n+2 CIFAR ResNet counted by hand: 3x3 convolutions
+    without bias, each followed by BatchNorm's scale and shift (2 a channel), n blocks a
+    stage, the first of stages 2-3 halving the map and doubling the width (a 1x1 projection
+    with its BatchNorm, or zero-padding with none), global pooling and an FC layer."""
+    n = (depth - 2) // 6
+    count = 9 * channels * widths[0] + 2 * widths[0]
+    previous = widths[0]
+    for width in widths:
+        for block in range(n):
+            count += 9 * previous * width + 9 * width * width + 4 * width
+            if previous != width and projection:
+                count += previous * width + 2 * width
+            previous = width
+    return count + widths[-1] * classes + classes
+
+
 @pytest.mark.parametrize("shortcut", netgen.SHORTCUTS)
-def test_resnet20_has_he_et_al_parameter_count(shortcut):
-    _, text = input_net("cifar10", 20, shortcut=shortcut)
-    count = netgen.count_learned_params(text)
-    assert abs(count - 0.27e6) / 0.27e6 < 0.015, count
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_every_resnet_has_he_et_al_parameter_count(shortcut, dataset, depth):
+    """Exact, for each shortcut: ResNet-20 with zero-padding is He et al.'s 0.27M (269,722),
+    with projections 272,474; a missing or extra layer anywhere changes the count."""
+    info = datasets.dataset_info(dataset)
+    _, text = input_net(dataset, depth, shortcut=shortcut)
+    assert netgen.count_learned_params(text) == he_et_al_params(depth, info["widths"], info["channels"],
+                                                                info["num_classes"], shortcut == "projection")
+    if (dataset, depth) == ("cifar10", 20):
+        assert netgen.count_learned_params(text) == {"projection": 272474, "zero_pad": 269722}[shortcut]
 
 
 def test_generate_params_command_prints_the_count():
@@ -68,13 +92,15 @@ def test_generate_params_command_prints_the_count():
 
 
 def test_frozen_net_learns_nothing_and_keeps_batchnorm_statistics():
-    info = datasets.dataset_info("cifar10")
     data = netgen.DataSpec.input_only(3, 32, 10)
     teacher = netgen.ResNet("teacher", 14, (16, 32, 64), 10, frozen=True)
     proto = netgen.validate(netgen.render_net("t", data, [teacher], []))
     layers = [layer for layer in proto.layer if layer.name.startswith("teacher/")]
-    assert layers and info
+    learnable = [layer for layer in layers if layer.type in ("Convolution", "BatchNorm", "Scale", "InnerProduct")]
+    assert len(learnable) > 20
     for layer in layers:
+        if layer in learnable:  # a blob without a param spec would learn at Caffe's default rate
+            assert layer.param, layer.name
         for param in layer.param:
             assert (param.lr_mult, param.decay_mult) == (0, 0), layer.name
         if layer.type == "BatchNorm":

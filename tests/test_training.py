@@ -26,12 +26,14 @@ def train_stage(stage, check=True):
     return python("-m", "hintkd.train", stage, check=check)
 
 
-def test_resnet8_on_2000_real_mnist_images_reaches_95_percent(mnist_2k, tmp_path):
+def test_resnet8_on_2000_real_mnist_images_reaches_93_percent(mnist_2k, tmp_path):
     stage = planned_stage(mnist_2k, tmp_path, dataset="mnist", scale=0.01)  # 360 iterations of 64
     train_stage(stage)
     summary = json.loads((stage / "summary.json").read_text())
     assert summary["final_test"]["iteration"] == summary["iterations"] == 360
-    assert summary["final_test"]["accuracy"] >= 0.95, summary["final_test"]
+    # 0.955 and 0.950 in two unchanged runs; a fault in the net's wiring gave 0.897. The bar sits
+    # between, out of the noise's reach (2 points below the lower run) and within the fault's (3 above it).
+    assert summary["final_test"]["accuracy"] >= 0.93, summary["final_test"]
     assert summary["best_test"]["accuracy"] >= summary["final_test"]["accuracy"]
 
 
