@@ -121,6 +121,13 @@ def assert_exported(caffe, stage, logits, more_deploys=()):
     trained = caffe.Net(str(stage / "train_val.prototxt"), caffe.TEST, weights=str(stage / train.FINAL_WEIGHTS))
     trained.forward()
     images, expected = trained.blobs["data"].data.copy(), trained.blobs[f"student/{logits}"].data.copy()
+    # preprocessing.json, applied as it says to the raw test images, gives what the stage net was fed.
+    (test,) = [layer for layer in _net(stage / "train_val.prototxt").layer
+               if layer.type == "Data" and layer.include[0].phase == 1]
+    raw, _ = read_lmdb(Path(test.data_param.source).parent, "test")
+    preprocessing = json.loads((export / "preprocessing.json").read_text())
+    given = (raw[:len(images)] - np.array(preprocessing["mean"]).reshape(-1, 1, 1)) * preprocessing["scale"]
+    assert np.allclose(given, images, atol=1e-4), "preprocessing.json does not give the stage net's input"
     for deploy in [export / "deploy.prototxt", *more_deploys]:
         net = caffe.Net(str(deploy), caffe.TEST, weights=str(export / "student.caffemodel"))
         net.blobs["data"].reshape(*images.shape)
