@@ -8,6 +8,7 @@ import ctypes
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,37 @@ def describe(gpu=None):
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
     device = f"GPU {gpu}" if gpu is not None else f"the CPU, {threads} thread{'s' * (threads != 1)}"
     return f"Caffe {kind} ({caffe_prefix()}) on {device}"
+
+
+# The fast build's line when it changes its thread count (engine/patches/fast/05-threads-follow-free-cores.patch).
+THREADS_CHANGED = re.compile(r"\] Threads: (\d+) of (\d+) \(other processes kept")
+
+
+def thread_record(log_path, gpu=None):
+    """What decided a CPU stage's sums: its thread count, and whether it held throughout.
+    A thread count that never changed gives the same numbers bit for bit again on the same
+    CPU model and build; the fast build, following the free cores, changes it (and so the
+    order of some sums) while other processes keep cores busy, and logs each change."""
+    if gpu is not None:
+        return {"device": f"GPU {gpu}"}
+    most = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+    follows = build_info()["variant"] == "cpu" and os.environ.get("HINTKD_THREADS") != "fixed" and most > 1
+    text = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
+    changes = [int(m.group(1)) for m in THREADS_CHANGED.finditer(text)]
+    return {"threads": most, "policy": "follows the free cores" if follows else "fixed",
+            "changes": len(changes), "fewest": min([most, *changes]), "same_throughout": not changes}
+
+
+def describe_threads(record):
+    """One line for the console: the thread count and whether it held."""
+    if "device" in record:
+        return f"on {record['device']}"
+    if record["same_throughout"]:
+        return (f"{record['threads']} thread{'s' * (record['threads'] != 1)} throughout: the same command gives "
+                "these numbers again bit for bit on this CPU model and build")
+    return (f"the thread count changed {record['changes']} time{'s' * (record['changes'] != 1)} (down to "
+            f"{record['fewest']} of {record['threads']}) while other processes kept cores busy, so the order of some "
+            "sums changed: another run may differ in the last digits (HINTKD_THREADS=fixed keeps the count)")
 
 
 def variant_for(gpu, requested):

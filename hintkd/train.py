@@ -296,8 +296,10 @@ def train(stage_dir, gpu=None, out=sys.stdout, stop_at=None):
     if stage["trains"] == "student" and stage["stage"] in ("alone", "stage2"):
         folder = export.export_student(stage_dir, stage_dir / FINAL_WEIGHTS)
         print(f"[{label}] the student for Caffe alone: {folder}", file=out, flush=True)
+    threads = engine.thread_record(log_path, gpu)
+    print(f"[{label}] {engine.describe_threads(threads)}", file=out, flush=True)
     summary = summarize(stage_dir, stage, max_iter, started, solver.iter - start_iter,
-                        final_losses, loss_weights(solver.net), engine_line)
+                        final_losses, loss_weights(solver.net), engine_line, threads)
     if stage.get("tests", True) and (summary["final_test"] or {}).get("iteration") != max_iter:
         raise TrainingError(f"stage '{label}': {log_path} holds no test result for iteration {max_iter}")
     write_json(stage_dir / SUMMARY, summary)
@@ -305,7 +307,8 @@ def train(stage_dir, gpu=None, out=sys.stdout, stop_at=None):
     return summary
 
 
-def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_losses, weights, engine_line):
+def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_losses, weights, engine_line,
+              threads=None):
     finished = time.time()
     seconds = finished - started
     parsed = caffelog.parse_file(stage_dir / "caffe.log")
@@ -325,6 +328,8 @@ def summarize(stage_dir, stage, max_iter, started, iterations_this_run, final_lo
         "test_points": len(tests),
         "loaded": json.loads((stage_dir / LOADED).read_text()) if (stage_dir / LOADED).exists() else [],
         "engine": engine_line,
+        # The thread count that decided the sums, and whether it held (hintkd.engine.thread_record).
+        "threads": threads,
         # This run's wall-clock start and end (the last run of a resumed stage), Unix seconds.
         "started": round(started, 3),
         "finished": round(finished, 3),

@@ -13,6 +13,7 @@ WINDOW seconds), not from how fast anything ran: these machines are too noisy
 for timed tests. The speed is measured by analysis/benchmark_engines.py --shared.
 """
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -131,6 +132,11 @@ def test_a_run_takes_the_cores_other_processes_leave(tmp_path, digits_data, busy
         output, _ = stage.communicate(timeout=300)
         assert stage.returncode == 0, output
         assert "Optimization Done" in log.read_text()
+    # The record says what ran: the thread count changed, so the numbers may not repeat.
+    threads = json.loads((log.parent / "summary.json").read_text())["threads"]
+    assert threads["policy"] == "follows the free cores" and threads["threads"] == most, threads
+    assert not threads["same_throughout"] and threads["changes"] >= 2 and threads["fewest"] == fewer, threads
+    assert f"the thread count changed {threads['changes']} times (down to {fewer} of {most})" in output
 
 
 def test_fixed_threads_stay(tmp_path, digits_data, busy):
@@ -139,3 +145,14 @@ def test_fixed_threads_stay(tmp_path, digits_data, busy):
         time.sleep(2)  # four chances to change
         assert working_threads(pid) >= 2
         assert "Threads: " not in log.read_text()
+
+
+def test_fixed_threads_are_recorded_as_held(tmp_path, digits_data):
+    out = out_with_data(tmp_path, digits_data)
+    result = subprocess.run([RUN_STAGES, "digits", "14", "8", "teacher", "--scale", "0.1", "--out", str(out)],
+                            capture_output=True, text=True, env=dict(os.environ, HINTKD_THREADS="fixed"))
+    assert result.returncode == 0, result.stderr
+    (summary,) = out.glob("digits/teacher-*/summary.json")
+    threads = json.loads(summary.read_text())["threads"]
+    assert threads == {"threads": CORES, "policy": "fixed", "changes": 0, "fewest": CORES, "same_throughout": True}
+    assert f"{CORES} threads throughout: the same command gives these numbers again bit for bit" in result.stdout
