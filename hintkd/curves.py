@@ -12,6 +12,9 @@ from pathlib import Path
 from hintkd import caffelog
 from hintkd.atomic import write_bytes
 
+# No creation date in a PDF, so that a figure drawn again from the same runs is the same file.
+SAME_BYTES = {"png": None, "pdf": {"CreationDate": None}}
+
 
 def stage_curves(stage_dir):
     """(label, train records, test records) of one stage, from its summary and log."""
@@ -104,7 +107,7 @@ def training_figure(stage_dirs, path_base):
     for suffix in ("png", "pdf"):
         path = Path(f"{path_base}.{suffix}")
         buffer = io.BytesIO()
-        fig.savefig(buffer, dpi=110, format=suffix)
+        fig.savefig(buffer, dpi=110, format=suffix, metadata=SAME_BYTES[suffix])
         write_bytes(path, buffer.getvalue())
         paths.append(path)
     plt.close(fig)

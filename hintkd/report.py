@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from hintkd import caffelog, options, plan, read_table, train
+from hintkd import caffelog, curves, options, plan, read_table, train
 from hintkd.atomic import write_text
 
 PAPER = Path(__file__).resolve().parent.parent / "analysis" / "paper_results.json"
@@ -482,7 +482,7 @@ def build(study):
     fig = FIGURES["points" if kind == "table" else kind](study, rows, reference)  # a table is also drawn
     for suffix in ("png", "pdf"):
         tmp = folder / f".figure.tmp.{suffix}"
-        fig.savefig(tmp, dpi=120, format=suffix)
+        fig.savefig(tmp, dpi=120, format=suffix, metadata=curves.SAME_BYTES[suffix])
         tmp.replace(folder / f"figure.{suffix}")
     _pyplot().close(fig)
     return folder, text

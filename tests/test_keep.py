@@ -80,11 +80,14 @@ def test_report_only_and_the_dry_run_see_a_kept_folder_alone(tmp_path):
     built = run([RUN_STAGES, *target, "--out", str(tmp_path / "here"), "--keep", str(kept)])
     table = (kept / "table.md").read_text()
     assert table in built.stdout and (kept / "table.csv").exists() and (kept / "figure.png").exists()
+    written = {name: (kept / name).read_bytes() for name in ("table.md", "table.csv", "figure.png", "figure.pdf")}
     dry = run([RUN_STAGES, *target, "--dry-run", "--out", str(tmp_path / "dry"), "--keep", str(kept)])
     assert "iterations still to go: 0 " in dry.stdout and " to do " not in dry.stdout, dry.stdout  # counted as kept
     assert not (tmp_path / "dry").exists()
     again = run([RUN_STAGES, *target, "--report-only", "--out", str(tmp_path / "elsewhere"), "--keep", str(kept)])
     assert table in again.stdout
+    for name, before in written.items():  # the same files, byte for byte (a PDF carries no date)
+        assert (kept / name).read_bytes() == before, name
     assert not (tmp_path / "elsewhere" / "data").exists()  # nothing trained, no data prepared
 
 
