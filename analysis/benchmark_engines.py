@@ -16,7 +16,12 @@ average pooling, FC, softmax loss), in:
           ReLU run as layers of their own), to show what running them fused gains
   pytorch PyTorch CPU on the identical net (same layers, shortcuts, batch and
           thread count), installed from PyPI into the benchmark's own venv
-          ($HINTKD_CACHE/bench-venv) on first use, never a toolkit dependency.
+          ($HINTKD_CACHE/bench-venv) on first use, never a toolkit dependency; in its
+          default layout, and as a careful user runs it on a CPU:
+  pytorch-cl  with channels_last (model and batch), the layout Intel and PyTorch advise
+          for CPU training
+  pytorch-compile  channels_last and torch.compile (left out, saying why, where it does
+          not run); "fast/best pytorch" compares with the fastest of the three.
 Each engine runs in a worker process of its own that keeps its nets loaded; the
 rounds interleave engines and nets, each round starting with another engine, so that the
 machine's drift hits all alike.
@@ -56,6 +61,8 @@ from hintkd import engine  # noqa: E402
 BATCH = 128  # the paper's CIFAR batch (sec. 3.1)
 SHAPE = [BATCH, 3, 32, 32]
 TORCH_VERSION = "2.13.0"
+# PyTorch as run: its default layout, channels_last, channels_last with torch.compile.
+TORCH_MODES = {"pytorch": "default", "pytorch-cl": "channels_last", "pytorch-compile": "compile"}
 SOLVER = ('net: "{net}"\nbase_lr: 0.1\nmomentum: 0.9\nweight_decay: 0.0001\nlr_policy: "fixed"\n'
           'max_iter: 100000000\ndisplay: 0\nsnapshot: 0\nsolver_mode: CPU\n')
 
@@ -167,12 +174,15 @@ def torch_worker(specs):
                 cin = width
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
 
+    mode = os.environ.get("HINTKD_TORCH_MODE", "default")  # TORCH_MODES
     models = {}
     for label, spec in specs.items():
         model = resnet(spec["depth"], spec["widths"], spec["classes"]).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         data, label_t = torch.randn(SHAPE) * 50, torch.randint(0, 10, (BATCH,))
-        models[label] = (model, optimizer, data, label_t)
+        if mode != "default":
+            model, data = model.to(memory_format=torch.channels_last), data.contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        models[label] = (torch.compile(model) if mode == "compile" else model, optimizer, data, label_t)
 
     def step(label):
         model, optimizer, data, target = models[label]
@@ -180,6 +190,13 @@ def torch_worker(specs):
         nn.functional.cross_entropy(model(data), target).backward()
         optimizer.step()
 
+    if mode == "compile":  # compiled before the timings start, or the worker says why it cannot run
+        try:
+            for label in models:
+                step(label)
+        except Exception as e:  # torch.compile's failures have no common type (a compiler, headers, ...)
+            print(json.dumps({"ready": False, "why": " ".join(str(e).split())[:300]}), flush=True)
+            return 0
     serve({"step": lambda label, steps: timed(lambda: step(label), steps)})
 
 
@@ -216,7 +233,8 @@ class Worker:
         self.env = env
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env=dict(os.environ, **env))
-        self.read_line()  # ready
+        started = self.read_line()
+        self.ready, self.why = started["ready"], started.get("why")
 
     def read_line(self):
         line = self.process.stdout.readline()
@@ -411,7 +429,13 @@ def main(argv=None):
                                     build_env)
         if not args.no_torch:
             argv = [str(torch_python())] + me[1:] + [json.dumps(specs), "--worker", "torch"]
-            workers["pytorch"] = Worker("pytorch", argv, env)
+            for name, mode in TORCH_MODES.items():
+                worker = Worker(name, argv, dict(env, HINTKD_TORCH_MODE=mode))
+                if worker.ready:
+                    workers[name] = worker
+                else:
+                    print(f"benchmark_engines.py: {name} left out: {worker.why}", file=sys.stderr)
+                    worker.close()
         if args.shared and args.shared not in nets:
             raise SystemExit(f"benchmark_engines.py: --shared {args.shared}: not one of {', '.join(nets)}")
         # The shared cases: each engine and a second process of it; the fast build also
@@ -441,7 +465,7 @@ def main(argv=None):
             order = order[round_ % len(order):] + order[:round_ % len(order)]
             for label in nets:
                 for name, worker in order:
-                    if name == "pytorch" and label not in resnets:
+                    if name in TORCH_MODES and label not in resnets:
                         continue
                     seconds = worker.time("step", label, args.steps)
                     if record:
@@ -466,7 +490,9 @@ def main(argv=None):
     print(f"machine: sgemm (oneDNN, 2048^3) {peak:.0f} GFLOP/s")
     names = list(workers)
     header = f"{'net':<20} {'GFLOP/img':>9} " + " ".join(f"{n + ' img/s':>13}" for n in names)
+    torches = [n for n in names if n in TORCH_MODES]
     header += f" {'fast/stock':>10}" + (f" {'fast/pytorch':>12}" if "pytorch" in names else "")
+    header += f" {'fast/best pytorch':>17}" if len(torches) > 1 else ""
     header += f" {'portable/fast':>13}" if "portable" in names else ""
     header += f" {'fast/unfused':>12}" if "unfused" in names else ""
     header += " " + " ".join(f"{n + ' %peak':>13}" for n in names)
@@ -478,6 +504,9 @@ def main(argv=None):
         line += f" {rates['fast'] / rates['stock']:>9.2f}x"
         if "pytorch" in names:
             line += f" {rates['fast'] / rates['pytorch']:>11.2f}x" if "pytorch" in rates else f" {'-':>12}"
+        if len(torches) > 1:
+            best = max((rates[n] for n in torches if n in rates), default=None)
+            line += f" {rates['fast'] / best:>16.2f}x" if best else f" {'-':>17}"
         if "portable" in names:
             line += f" {rates['portable'] / rates['fast']:>12.2f}x" if "portable" in rates else f" {'-':>13}"
         if "unfused" in names:
