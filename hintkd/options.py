@@ -460,8 +460,8 @@ def main(argv=None):
         parser = reproduce_parser()
         args = parser.parse_args(rest)
         check_folders(parser, args)
-        check_paper_scale(parser, args, args.dataset or read_table(REPO / "analysis" / "paper_results.json")[args.target]
-                    ["dataset"])
+        dataset = args.dataset or read_table(REPO / "analysis" / "paper_results.json")[args.target]["dataset"]
+        check_paper_scale(parser, args, dataset)
         print(f"status={'yes' if args.status else ''}\nvariant={engine_variant(args)}")
     else:
         print("usage: python3 -m hintkd.options run|reproduce ARGS...", file=sys.stderr)
