@@ -16,6 +16,8 @@ def scale_problem(stepvalues, max_iter, scale, what):
     values = [scaled(v, scale) for v in unscaled]
     if len(values) < 2 or all(a < b for a, b in zip(values, values[1:])):
         return None
+    if any(a >= b for a, b in zip(unscaled, unscaled[1:])):
+        return None  # steps the schedule itself puts together (a user's solver): not the scale's doing
     smallest = next(s for s in _candidates(1 / min(b - a for a, b in zip(unscaled, unscaled[1:])))
                     if scale_problem(stepvalues, max_iter, s, what) is None)
     return (f"--scale {scale:g} leaves {what} (learning-rate steps at {', '.join(map(str, unscaled[:-1]))}, "

@@ -168,3 +168,10 @@ def test_an_output_folder_this_user_cannot_write(foreign_folder, command):
     (line,) = result.stderr.strip().splitlines()  # one line, before anything is installed or written
     assert result.returncode == 2 and f"--out {folder / 'runs'}: {folder} is not writable by user" in line, line
     assert '--user "$(id -u):$(id -g)"' in line and not (folder / "runs").exists()
+
+
+def test_steps_a_users_solver_itself_puts_together_are_not_blamed_on_the_scale():
+    """stepvalue 100 twice: the solver's own choice; the check neither refuses it nor fails on it."""
+    from hintkd import iterations
+    assert iterations.scale_problem([100, 100], 200, 0.001, "--solver s") is None
+    assert "use --scale 0.0034 or more" in iterations.scale_problem([600, 900], 1200, 0.001, "the digits schedule")
