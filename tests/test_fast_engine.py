@@ -46,6 +46,7 @@ at this floor, and momentum 0.8 instead of 0.9 in 46 of 56 (measured here). The 
 build repeats a short training run bit for bit.
 """
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -359,3 +360,26 @@ def test_fast_build_repeats_a_short_training_run(builds, nets, scratch):
     assert len(a.files) >= 20
     for key in a.files:
         assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to compare 1 thread with 2")
+@pytest.mark.parametrize("label", ["resnet20", "stage2-kd"])
+def test_the_thread_count_enters_only_the_convolutions_weight_gradients(builds, nets, scratch, label):
+    """The same pass on 1 and on 2 threads (fixed): every blob, BatchNorm statistic and
+    gradient comes out bit for bit the same (the threaded layers sum per thread in a fixed
+    order over fixed shares) but the convolutions' weight gradients, which oneDNN splits by
+    thread. Where a thread count enters the numbers, a run beside busy processes (fewer
+    threads) trains differently: this keeps the class to that one known place."""
+    tmp, paths = nets
+    net, weights = paths[label], tmp / f"{label}-threads.caffemodel"
+    net_pass("stock", "init", net, weights, 5)
+    passes = {}
+    for threads in (1, 2):
+        passes[threads] = scratch / f"threads-{threads}.npz"
+        python(NET_PASS, "pass", net, weights, tmp / "batch.npz", passes[threads],
+               env=dict(build_env("cpu"), HINTKD_THREADS="fixed", OMP_NUM_THREADS=str(threads)))
+    one, two = np.load(passes[1]), np.load(passes[2])
+    convolutions = {layer.name for layer in netgen.validate(net.read_text()).layer if layer.type == "Convolution"}
+    differ = {key for key in one.files if not np.array_equal(one[key], two[key])}
+    known = {f"param_diff:{name}:0" for name in convolutions}
+    assert len(one.files) > 100 and differ <= known, sorted(differ - known)
