@@ -49,6 +49,15 @@ def markdown_rows(text, header):
     return [[c.strip() for c in line.split("|")[1:-1]] for line in lines[:lines.index("")] if line.startswith("|")]
 
 
+def assert_avg_and_std(cells, values, where):
+    """An Avg. cell and the Std. cell after it, as a row of nets (or a net alone) shows them."""
+    mean = f"{statistics.mean(values):.2f}"
+    if len(values) == 3:
+        assert cells == [mean, f"{statistics.stdev(values):.2f}"], (where, cells)
+    else:
+        assert cells == [f"{mean} (one net)", "-"], (where, cells)
+
+
 def test_the_readme_quotes_the_kept_studies():
     """The README's Table 1 at 1/16 holds each kept study's own averages and spreads, in its
     own columns (26 -> 14, then 14 -> 8) and rows."""
@@ -56,9 +65,7 @@ def test_the_readme_quotes_the_kept_studies():
     assert len(rows) == len(TABLE1_ROWS)
     for column, kept in zip((1, 3), TABLE1_STUDIES):
         for cells, (method, values) in zip(rows, kept_nets(kept).items()):
-            mean = f"{statistics.mean(values):.2f}"
-            assert cells[column] == (mean if len(values) == 3 else f"{mean} (one net)"), (kept.name, method, cells)
-            assert cells[column + 1] == (f"{statistics.stdev(values):.2f}" if len(values) == 3 else "-"), cells
+            assert_avg_and_std(cells[column:column + 2], values, (kept.name, method))
 
 
 def test_the_readme_and_own_nets_quote_the_kept_study_of_bvlcs_nets():
@@ -115,9 +122,7 @@ def test_the_two_depths_in_the_study_are_the_kept_csvs():
         nets = kept_nets(kept)
         for i, (cells, method) in enumerate(zip(rows, TABLE1_ROWS)):
             values = nets[method]
-            mean = f"{statistics.mean(values):.2f}"
-            assert cells[column] == (mean if len(values) == 3 else f"{mean} (one net)"), (kept.name, method, cells)
-            assert cells[column + 1] == (f"{statistics.stdev(values):.2f}" if len(values) == 3 else "-"), cells
+            assert_avg_and_std(cells[column:column + 2], values, (kept.name, method))
             following = TABLE1_ROWS[i + 1] if method in ("kd", "hint-kd", "hint-kd+") else None
             assert cells[column + 2] == (f"p={welch_p(values, nets[following]):.3f}" if following else ""), cells
         for better, worse, form in (("hint-kd", "kd", "+{d:.2f} (p = {p:.3f})"),
