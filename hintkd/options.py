@@ -398,7 +398,7 @@ def check_paper_scale(parser, args, dataset):
 
 
 # In an image the user is 1000 unless run with --user; a host folder mounted on /runs keeps its owner.
-OWN_USER = 'give a folder this user can write, chown it, or in an image run it with --user "$(id -u):$(id -g)"'
+AS_YOURSELF = 'or in an image run it with --user "$(id -u):$(id -g)"'
 
 
 def check_folders(parser, args):
@@ -411,11 +411,12 @@ def check_folders(parser, args):
             path = Path(folder).resolve()
             existing = next(p for p in (path, *path.parents) if p.exists())
             if not os.access(existing, os.W_OK | os.X_OK):
-                parser.error(f"{option} {folder}: {existing} is not writable by user {os.getuid()}: {OWN_USER}")
+                parser.error(f"{option} {folder}: {existing} is not writable by user {os.getuid()}: "
+                             f"give a folder this user can write, chown it, {AS_YOURSELF}")
     source = getattr(args, "source", None)
     if source and not os.access(source, os.R_OK | (os.X_OK if Path(source).is_dir() else 0)):
         parser.error(f"--source {source}: not readable by user {os.getuid()}: make it readable (chmod a+rX), "
-                     f'or in an image run it with --user "$(id -u):$(id -g)"')
+                     + AS_YOURSELF)
 
 
 def check_source(parser, args):
