@@ -409,7 +409,8 @@ def check_folders(parser, args):
     for option, folder in (("--out", args.out), ("--keep", args.keep)):
         if folder:
             path = Path(folder).resolve()
-            existing = next(p for p in (path, *path.parents) if p.exists())
+            # os.path.exists: False, not PermissionError, below a folder this user cannot enter
+            existing = next(p for p in (path, *path.parents) if os.path.exists(p))
             if not os.access(existing, os.W_OK | os.X_OK):
                 parser.error(f"{option} {folder}: {existing} is not writable by user {os.getuid()}: "
                              f"give a folder this user can write, chown it, {AS_YOURSELF}")

@@ -140,20 +140,21 @@ def test_an_image_folder_run_is_checked_and_trains(tmp_path):
     assert "done: test accuracy" in result.stdout, result.stdout
 
 
-@pytest.fixture
-def foreign_folder():
-    """A folder this test's command cannot write, and the command prefix that runs as such a user:
-    as root, a root-owned folder and the user nobody (as a host folder meets an image's user 1000);
-    otherwise one of the user's own folders without write permission."""
+@pytest.fixture(params=["readable", "closed"])
+def foreign_folder(request):
+    """A folder this test's command cannot write (readable, or not even to be entered), and the
+    command prefix that runs as such a user: as root, a root-owned folder and the user nobody (as
+    a host folder meets an image's user 1000); otherwise one of the user's own folders without
+    write permission."""
     folder = Path(tempfile.mkdtemp(prefix="hintkd-foreign-"))
     if os.getuid() == 0:
-        folder.chmod(0o755)
+        folder.chmod({"readable": 0o755, "closed": 0o700}[request.param])
         unreachable = [p for p in (REPO, *REPO.parents) if not p.stat().st_mode & stat.S_IXOTH]
         if unreachable:
             pytest.skip(f"the user nobody cannot reach the clone ({unreachable[0]} is not o+x)")
         prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     else:
-        folder.chmod(0o555)
+        folder.chmod({"readable": 0o555, "closed": 0o000}[request.param])
         prefix = []
     yield folder, prefix
     folder.chmod(0o755)
