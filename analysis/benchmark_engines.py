@@ -2,7 +2,7 @@
 """Training speed of the fast CPU build, the stock build and PyTorch on the same nets.
 
     analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch] [--portable]
-                                  [--unfused] [--shared ResNet-20] [--layers]
+                                  [--unfused] [--shared ResNet-20] [--layers] [--also NAME=PREFIX]
 
 One whole training step (forward, backward, SGD update with momentum and weight
 decay) at batch 128 of 32x32x3 images, for each 6n+2 ResNet as the planner
@@ -14,6 +14,8 @@ average pooling, FC, softmax loss), in:
           the images' build), to show what running on any x86-64 CPU costs
   unfused with --unfused: the fast build with HINTKD_FUSE=off (each BatchNorm's Scale and
           ReLU run as layers of their own), to show what running them fused gains
+  NAME    with --also NAME=PREFIX: the Caffe build installed in PREFIX (e.g. one made before
+          a change to engine/), to compare two builds of the engine side by side
   pytorch PyTorch CPU on the identical net (same layers, shortcuts, batch and
           thread count), installed from PyPI into the benchmark's own venv
           ($HINTKD_CACHE/bench-venv) on first use, never a toolkit dependency; in its
@@ -42,7 +44,7 @@ thread count following the free cores), the fast build with HINTKD_THREADS=fixed
 processes of the engine stepping at once (their throughput against the same two
 one after the other: 1.00 means no loss); and one busy process (a Python loop)
 beside it (its step's time against alone's). Each case is timed after 2 s of steps
-in it, for every engine in turn.
+in it, for every engine in turn; builds given with --also share the cores too.
 """
 import argparse
 import ctypes
@@ -68,6 +70,15 @@ SOLVER = ('net: "{net}"\nbase_lr: 0.1\nmomentum: 0.9\nweight_decay: 0.0001\nlr_p
 
 
 # --- the nets ----------------------------------------------------------------
+
+def named_prefix(text):
+    """--also's NAME=PREFIX: a name for the table and an installed Caffe build."""
+    name, _, prefix = text.partition("=")
+    if not name or not (Path(prefix) / "BUILD-INFO.json").is_file():
+        raise argparse.ArgumentTypeError(f"expected NAME=PREFIX with a Caffe build in PREFIX "
+                                         f"(engine/install_caffe.sh --print-prefix), got {text!r}")
+    return name, str(Path(prefix).resolve())
+
 
 def plan_nets(folder, depths, stage2):
     """Input-fed train nets written by the planner: {label: prototxt path}, and
@@ -397,6 +408,8 @@ def main(argv=None):
     parser.add_argument("--layers", action="store_true",
                         help="also each Caffe build's time per layer type on every net, forward and backward")
     parser.add_argument("--shared", metavar="NET", help="also the shared-core cases on this net (e.g. ResNet-20)")
+    parser.add_argument("--also", metavar="NAME=PREFIX", action="append", default=[], type=named_prefix,
+                        help="also the Caffe build installed in PREFIX, named NAME (repeatable)")
     parser.add_argument("--worker", choices=("caffe", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--nets", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -420,11 +433,13 @@ def main(argv=None):
             builds["portable"] = ("cpu", {"HINTKD_PORTABLE": "1"})
         if args.unfused:
             builds["unfused"] = ("cpu", {"HINTKD_FUSE": "off"})
+        builds.update({name: ("cpu", {"HINTKD_CAFFE_PREFIX": prefix}) for name, prefix in args.also})
         for build, (variant, build_vars) in builds.items():
-            build_env = dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX="", HINTKD_PORTABLE="0",
-                             **build_vars)
-            subprocess.run(["bash", str(engine.INSTALL_SCRIPT), f"--{variant}"], check=True, stdout=subprocess.DEVNULL,
-                           env=dict(os.environ, **build_env))
+            build_env = dict(env, HINTKD_CAFFE_VARIANT=variant, HINTKD_CAFFE_PREFIX="", HINTKD_PORTABLE="0")
+            build_env.update(build_vars)
+            if not build_env["HINTKD_CAFFE_PREFIX"]:
+                subprocess.run(["bash", str(engine.INSTALL_SCRIPT), f"--{variant}"], check=True,
+                               stdout=subprocess.DEVNULL, env=dict(os.environ, **build_env))
             workers[build] = Worker(build, me + [json.dumps({k: str(v) for k, v in nets.items()}), "--worker", "caffe"],
                                     build_env)
         if not args.no_torch:
@@ -445,6 +460,7 @@ def main(argv=None):
             fast = workers["fast"]
             sharers = {"fast": fast,
                        "fast fixed": Worker("fast fixed", fast.process.args, dict(fast.env, HINTKD_THREADS="fixed"))}
+            sharers.update({name: workers[name] for name, _ in args.also})
             sharers.update({"pytorch": workers["pytorch"]} if "pytorch" in workers else {})
         twins = {name: Worker(f"second {name}", sharer.process.args, sharer.env) for name, sharer in sharers.items()}
         shared = {name: [] for name in twins}
@@ -495,6 +511,7 @@ def main(argv=None):
     header += f" {'fast/best pytorch':>17}" if len(torches) > 1 else ""
     header += f" {'portable/fast':>13}" if "portable" in names else ""
     header += f" {'fast/unfused':>12}" if "unfused" in names else ""
+    header += "".join(f" {'fast/' + name:>13}" for name, _ in args.also)
     header += " " + " ".join(f"{n + ' %peak':>13}" for n in names)
     print(header)
     for label in nets:
@@ -511,6 +528,7 @@ def main(argv=None):
             line += f" {rates['portable'] / rates['fast']:>12.2f}x" if "portable" in rates else f" {'-':>13}"
         if "unfused" in names:
             line += f" {rates['fast'] / rates['unfused']:>11.2f}x"
+        line += "".join(f" {rates['fast'] / rates[name]:>12.2f}x" for name, _ in args.also)
         line += " " + " ".join(f"{rates[n] * flops[label] / 1e9 / peak:>12.0%} " if n in rates else f"{'-':>13}"
                                for n in names)
         print(line)

@@ -116,10 +116,11 @@ def render(results):
                      f"Caffe build installed and ended with the teacher at {teacher:.2f}% and Nets 1-3 at "
                      f"{nets}% on the 300 digits test images (`analysis/measured.py` ran it and wrote this "
                      "sentence). The same command on the same CPU model and Caffe build gives these accuracies "
-                     "again bit for bit when each stage's thread count held throughout, as its `summary.json` "
-                     "says (`threads`: the fast build takes fewer threads while other processes keep cores "
-                     "busy, and the order of some sums changes); another CPU or build (the images' portable "
-                     "one) trains to other accuracies in the last digits, within the nets' spread."),
+                     "again bit for bit, on any thread count and whatever else runs beside it (the fast build "
+                     "takes fewer threads while other processes keep cores busy, and its sums do not follow "
+                     "them; each stage's `summary.json` says so under `threads`); another CPU or build (the "
+                     "images' portable one) sums in another order and trains to other accuracies in the last "
+                     "digits, within the nets' spread."),
         "table1-estimate": (f"`{results['table1_dry_run']['command']}` estimated about {hours:.0f} hours "
                             f"({hours / 24:.1f} days) for the whole of Table 1, one stage at a time, on {where}."),
     }

@@ -76,35 +76,46 @@ def describe(gpu=None):
     return f"Caffe {kind} ({caffe_prefix()}) on {device}"
 
 
-# The fast build's line when it changes its thread count (engine/patches/fast/05-threads-follow-free-cores.patch).
+# The fast build's lines when it changes its thread count (engine/patches/fast/05-threads-follow-free-cores.patch)
+# and on how it sums the convolutions' weight gradients (07-weight-gradient-in-fixed-parts.patch).
 THREADS_CHANGED = re.compile(r"\] Threads: (\d+) of (\d+) \(other processes kept")
+BATCH_PARTS = re.compile(r"\] Weight gradients: the batch in (\d+) parts, added in order")
 
 
 def thread_record(log_path, gpu=None):
-    """What decided a CPU stage's sums: its thread count, and whether it held throughout.
-    A thread count that never changed gives the same numbers bit for bit again on the same
-    CPU model and build; the fast build, following the free cores, changes it (and so the
-    order of some sums) while other processes keep cores busy, and logs each change."""
+    """What decided a CPU stage's sums: its thread count, whether it held throughout, and
+    whether the numbers depend on it. The fast build follows the free cores, changing its
+    thread count (and logging each change) while other processes keep cores busy; its sums
+    do not depend on the count (each convolution's weight gradient adds fixed parts of the
+    batch in order, logged once), so the same command gives the same numbers again on the
+    same CPU model and build whatever ran beside it. Elsewhere only a count that held says so."""
     if gpu is not None:
         return {"device": f"GPU {gpu}"}
     most = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
     follows = build_info()["variant"] == "cpu" and os.environ.get("HINTKD_THREADS") != "fixed" and most > 1
     text = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
     changes = [int(m.group(1)) for m in THREADS_CHANGED.finditer(text)]
+    parts = BATCH_PARTS.search(text)
     return {"threads": most, "policy": "follows the free cores" if follows else "fixed",
-            "changes": len(changes), "fewest": min([most, *changes]), "same_throughout": not changes}
+            "changes": len(changes), "fewest": min([most, *changes]), "same_throughout": not changes,
+            "batch_parts": int(parts.group(1)) if parts else None, "repeatable": bool(parts) or not changes}
 
 
 def describe_threads(record):
-    """One line for the console: the thread count and whether it held."""
+    """One line for the console: the thread count, whether it held, and whether the numbers
+    would come again bit for bit."""
     if "device" in record:
         return f"on {record['device']}"
-    if record["same_throughout"]:
-        return (f"{record['threads']} thread{'s' * (record['threads'] != 1)} throughout: the same command gives "
-                "these numbers again bit for bit on this CPU model and build")
-    return (f"the thread count changed {record['changes']} time{'s' * (record['changes'] != 1)} (down to "
-            f"{record['fewest']} of {record['threads']}) while other processes kept cores busy, so the order of some "
-            "sums changed: another run may differ in the last digits (HINTKD_THREADS=fixed keeps the count)")
+    threads = f"{record['threads']} thread{'s' * (record['threads'] != 1)}"
+    held = (f"{threads} throughout" if record["same_throughout"] else
+            f"the thread count changed {record['changes']} time{'s' * (record['changes'] != 1)} (down to "
+            f"{record['fewest']} of {record['threads']}) while other processes kept cores busy")
+    if not record["repeatable"]:
+        return (f"{held}, so the order of some sums changed: another run may differ in the last digits "
+                "(HINTKD_THREADS=fixed keeps the count)")
+    why = (f" (weight gradients added over {record['batch_parts']} fixed parts of the batch, whatever the "
+           "thread count)" if record["batch_parts"] else "")
+    return f"{held}: the same command gives these numbers again bit for bit on this CPU model and build{why}"
 
 
 def variant_for(gpu, requested):

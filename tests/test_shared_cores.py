@@ -7,6 +7,9 @@ most that many of its threads may work (the OpenMP threads and oneDNN's
 convolutions alike: a convolution that kept its old thread count keeps a second
 thread busy). When the busy process ends, the stage must take every core back,
 and its threads must work again. With HINTKD_THREADS=fixed the thread count stays.
+Whatever the thread count, the numbers stay: a short stage on 1 thread, on 2 and
+beside a busy process writes the same weights bit for bit
+(engine/patches/fast/07-weight-gradient-in-fixed-parts.patch).
 
 Which threads work is read from /proc/PID/task/*/stat (CPU time per thread over
 WINDOW seconds), not from how fast anything ran: these machines are too noisy
@@ -31,6 +34,7 @@ WORKING = 0.25    # a thread that used this share of a core in the window works
 # The stage at twice the default schedule (2,400 iterations, about 20 s on 2 cores): long
 # enough to see it go down and back up.
 STAGE = ["digits", "14", "8", "teacher", "--scale", "2"]
+BATCH_PARTS = 8  # the fast build's default (07-weight-gradient-in-fixed-parts.patch)
 
 pytestmark = pytest.mark.skipif(CORES < 2, reason="needs at least 2 cores to share")
 
@@ -136,7 +140,9 @@ def test_a_run_takes_the_cores_other_processes_leave(tmp_path, digits_data, busy
     threads = json.loads((log.parent / "summary.json").read_text())["threads"]
     assert threads["policy"] == "follows the free cores" and threads["threads"] == most, threads
     assert not threads["same_throughout"] and threads["changes"] >= 2 and threads["fewest"] == fewer, threads
-    assert f"the thread count changed {threads['changes']} times (down to {fewer} of {most})" in output
+    assert threads["repeatable"] and threads["batch_parts"] == BATCH_PARTS, threads
+    assert (f"the thread count changed {threads['changes']} times (down to {fewer} of {most}) while other "
+            "processes kept cores busy: the same command gives these numbers again bit for bit") in output
 
 
 def test_fixed_threads_stay(tmp_path, digits_data, busy):
@@ -154,5 +160,40 @@ def test_fixed_threads_are_recorded_as_held(tmp_path, digits_data):
     assert result.returncode == 0, result.stderr
     (summary,) = out.glob("digits/teacher-*/summary.json")
     threads = json.loads(summary.read_text())["threads"]
-    assert threads == {"threads": CORES, "policy": "fixed", "changes": 0, "fewest": CORES, "same_throughout": True}
+    assert threads == {"threads": CORES, "policy": "fixed", "changes": 0, "fewest": CORES, "same_throughout": True,
+                       "batch_parts": BATCH_PARTS, "repeatable": True}
     assert f"{CORES} threads throughout: the same command gives these numbers again bit for bit" in result.stdout
+
+
+def test_the_numbers_do_not_depend_on_the_threads_or_the_load(tmp_path, digits_data, idle_machine):
+    """The same short stage on 1 thread, on every core, and beside a busy process (its thread
+    count then changes while it trains) ends with the same weights bit for bit and the same
+    accuracies and losses: no sum's order follows the thread count."""
+    runs = {}
+    for case, env in (("1 thread", {"OMP_NUM_THREADS": "1"}), ("every core", {}), ("beside a busy process", {})):
+        out = out_with_data(tmp_path / case.replace(" ", "-"), digits_data)
+        busy = subprocess.Popen([engine.SYSTEM_PYTHON, "-c", "while True: pass"]) if "busy" in case else None
+        try:
+            result = subprocess.run([RUN_STAGES, "digits", "14", "8", "teacher", "--scale", "0.25", "--out", str(out)],
+                                    capture_output=True, text=True, env=dict(os.environ, **env))
+        finally:
+            if busy:
+                busy.kill()
+                busy.wait()
+        assert result.returncode == 0, result.stderr
+        (stage,) = out.glob("digits/teacher-*")
+        runs[case] = json.loads((stage / "summary.json").read_text()), (stage / "final.caffemodel").read_bytes()
+    threads = {case: summary["threads"] for case, (summary, _) in runs.items()}
+    assert threads["1 thread"]["threads"] == 1 and threads["every core"]["threads"] == CORES, threads
+    assert threads["beside a busy process"]["changes"] >= 1, threads  # else the load changed nothing
+    assert all(t["repeatable"] and t["batch_parts"] == BATCH_PARTS for t in threads.values()), threads
+    alone, weights = runs["every core"]
+    for case, (summary, case_weights) in runs.items():
+        assert case_weights == weights, f"{case}: other weights than on every core of an idle machine"
+        for key in ("final_test", "best_test", "final_losses"):
+            assert numbers(summary[key]) == numbers(alone[key]), (case, key)
+
+
+def numbers(record):
+    """A summary's record of a test or of losses, without the seconds it took."""
+    return {key: value for key, value in record.items() if key != "seconds"}
