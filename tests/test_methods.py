@@ -12,18 +12,25 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
+from analysis import reference_band
 from conftest import REPO, SCALE, out_with_data, read_lmdb, run
 from hintkd import caffelog, datasets, engine, handoff, netgen, plan, stagestate, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
 METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
-# Every method learns, at the tests' scale (digits, 60 iterations a stage). Measured on 2
-# cores: the 21 Stage 2 nets of the seven methods ended at 50.7-95.0% (chance: 10%), so a
-# net that learns nothing (about 10%) fails LEARNED and a working one has 20 points of room;
-# every Stage 1 hint loss ended at 0.38-0.79 of its value at iteration 0, so a hint that does
-# not pull the student (about 1.0) fails HINT_FALL. No ordering of methods is asserted: at
-# this scale the 60-iteration teacher (92%) is below the student alone (97.3%) and KD's nets
-# (68-87%) below both; the 1/16 CIFAR-10 study in the README shows the paper's orderings.
+# Every method learns, at the tests' scale (digits, 60 iterations a stage). Measured under six
+# ways of summing (tests/reference_band.json: the fast build on 1 and 2 threads, oneDNN's
+# AVX2 and SSE4.1 kernels, the portable and the stock build), the 126 Stage 2 nets of the
+# seven methods ended with their training loss at 0.013-0.39 of its value at iteration 0,
+# so a net that does not learn (about 1.0) fails LOSS_FALL with room; their test accuracies
+# spread from 16.7% to 94.7% (60 chaotic iterations: one SL-ResNet-KD net ends at 16.7% on
+# the fast build, 29% on the portable one), so the bar is on the mean of Nets 1-3, which
+# ranged 49.7-94.4% (chance: 10%): a method whose nets learn nothing fails LEARNED with 20
+# points of room on either side. Every Stage 1 hint loss ended at 0.38-0.79 of its value at
+# iteration 0, so a hint that does not pull the student (about 1.0) fails HINT_FALL. No
+# ordering of methods is asserted: 60 iterations are too few for the paper's orderings (the
+# 1/16 CIFAR-10 study in the README shows them).
+LOSS_FALL = 0.6
 LEARNED = 0.30
 HINT_FALL = 0.9
 
@@ -45,9 +52,11 @@ def test_every_method_runs_end_to_end(methods_out, method):
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["net"] == k and summary["seed"] == k
         assert summary["final_test"]["iteration"] == summary["iterations"] == 60
-        assert summary["final_test"]["accuracy"] > LEARNED, (folder, summary["final_test"])
+        losses = reference_band.stage_numbers(folder)
+        assert losses["last"]["total_loss"] < LOSS_FALL * losses["first"]["total_loss"], (folder, losses)
         assert f"{folder}/summary.json" in result.stdout
     run_summary = json.loads((folders[0].parent / "run.json").read_text())
+    assert run_summary["nets"]["mean"] > LEARNED, run_summary["nets"]
     assert f"run summary: {folders[0].parent / 'run.json'}" in result.stdout
     net1 = run_summary["nets"]["final_accuracy"][0]
     assert f"final test accuracy of Nets 1-3: {100 * net1:.2f}%" in result.stdout
