@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from analysis import measured  # noqa: E402
-from hintkd import caffelog, engine  # noqa: E402
+from hintkd import atomic, caffelog, engine  # noqa: E402
 
 BAND = ROOT / "tests" / "reference_band.json"
 SCALE = "0.05"  # tests/conftest.py SCALE
@@ -92,7 +92,7 @@ def main(argv=None):
     kept[cpu] = {"date": date.today().isoformat(), "cores": len(os.sched_getaffinity(0)), "os": platform.platform(),
                  "command": f"analysis/reference_band.py --methods {args.methods}",
                  "configurations": CONFIGURATIONS, "runs": runs}
-    BAND.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    atomic.write_text(BAND, json.dumps(kept, indent=1, sort_keys=True) + "\n")  # never half-written
     print(f"wrote {BAND.relative_to(ROOT)} ({cpu})", file=sys.stderr)
     return 0
 
