@@ -24,6 +24,7 @@ TABLE1_STUDIES = [REPO / "analysis" / "studies" / f"table1-cifar10-resnet{depths
                   for depths in ("26to14", "14to8")]
 sys.path.insert(0, str(REPO))
 
+from analysis import reference_band  # noqa: E402
 from hintkd import engine, lmdb_data  # noqa: E402
 
 
@@ -142,7 +143,7 @@ def manifest(folder):
     return json.loads((Path(folder) / lmdb_data.MANIFEST).read_text())
 
 
-SCALE = "0.05"  # the method tests' schedule: 60 iterations a digits stage
+SCALE = reference_band.SCALE  # the method tests' schedule, the one the reference band was measured at
 
 
 def out_with_data(folder, data_dir, dataset="digits"):

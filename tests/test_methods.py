@@ -17,7 +17,7 @@ from conftest import REPO, SCALE, out_with_data, read_lmdb, run
 from hintkd import caffelog, datasets, engine, handoff, netgen, plan, stagestate, train
 
 RUN_STAGES = str(REPO / "run_stages.sh")
-METHODS = ["kd", "hint-kd", "hint-kd+", "proposed", "concurrent", "sl-resnet", "sl-resnet-kd"]
+METHODS = reference_band.METHODS  # every teacher-student method of solvers/methods.json
 # Every method learns, at the tests' scale (digits, 60 iterations a stage). Measured under six
 # ways of summing (tests/reference_band.json: the fast build on 1 and 2 threads, oneDNN's
 # AVX2 and SSE4.1 kernels, the portable and the stock build), the 126 Stage 2 nets of the
