@@ -77,9 +77,11 @@ def describe(gpu=None):
 
 
 # The fast build's lines when it changes its thread count (engine/patches/fast/05-threads-follow-free-cores.patch)
-# and on how it sums the convolutions' weight gradients (07-weight-gradient-in-fixed-parts.patch).
+# and on how it sums the convolutions' weight gradients (07-weight-gradient-in-fixed-parts.patch)
+# and which kernels its convolutions take (08-winograd-where-it-pays.patch).
 THREADS_CHANGED = re.compile(r"\] Threads: (\d+) of (\d+) \(other processes kept")
 BATCH_PARTS = re.compile(r"\] Weight gradients: the batch in (\d+) parts, added in order")
+CONV_ALGORITHM = re.compile(r"\] Convolutions: .* \(HINTKD_CONV_ALGORITHM=(\w+)\)")
 
 
 def thread_record(log_path, gpu=None):
@@ -96,9 +98,11 @@ def thread_record(log_path, gpu=None):
     text = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
     changes = [int(m.group(1)) for m in THREADS_CHANGED.finditer(text)]
     parts = BATCH_PARTS.search(text)
+    algorithm = CONV_ALGORITHM.search(text)
     return {"threads": most, "policy": "follows the free cores" if follows else "fixed",
             "changes": len(changes), "fewest": min([most, *changes]), "same_throughout": not changes,
-            "batch_parts": int(parts.group(1)) if parts else None, "repeatable": bool(parts) or not changes}
+            "batch_parts": int(parts.group(1)) if parts else None, "repeatable": bool(parts) or not changes,
+            "convolutions": algorithm.group(1) if algorithm else None}
 
 
 def describe_threads(record):

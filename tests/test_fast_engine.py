@@ -382,3 +382,51 @@ def test_the_thread_count_enters_no_number(builds, nets, scratch, label):
     one, two = np.load(passes[1]), np.load(passes[2])
     differ = {key for key in one.files if not np.array_equal(one[key], two[key])}
     assert len(one.files) > 100 and not differ, sorted(differ)
+
+
+def convolution_kernels(onednn_verbose):
+    """{(pass, input channels, output channels, kernel, stride): {algorithms}} of the
+    convolutions a pass ran, from oneDNN's verbose lines."""
+    kernels = {}
+    for line in onednn_verbose.splitlines():
+        fields = line.split(",")
+        if fields[:4] != ["onednn_verbose", "exec", "cpu", "convolution"]:
+            continue
+        shape = re.search(r"ic(\d+)oc(\d+)_ih\d+oh\d+kh(\d+)sh(\d+)", line)
+        algorithm = re.search(r"alg:convolution_(\w+)", line).group(1)
+        kernels.setdefault((fields[5], *map(int, shape.groups())), set()).add(algorithm)
+    return kernels
+
+
+@pytest.mark.skipif("avx512f" not in Path("/proc/cpuinfo").read_text() or "ONEDNN_MAX_CPU_ISA" in os.environ,
+                    reason="oneDNN's Winograd kernels need AVX-512")
+def test_winograd_takes_the_layers_where_it_pays(builds, nets, scratch):
+    """By default the forward and backward-data passes of 3x3 stride-1 convolutions of 32
+    channels or more take Winograd kernels (08-winograd-where-it-pays: faster there, slower
+    at 16 channels, measured in docs/engine.md), every other pass the direct ones;
+    HINTKD_CONV_ALGORITHM=direct keeps the direct kernels everywhere. Both give a ResNet-20's
+    forward blobs within FORWARD_RTOL of each other, and not the same bits (else Winograd
+    never ran). How close each is to the stock build: test_fast_build_matches_stock."""
+    tmp, paths = nets
+    net, weights = paths["resnet20"], tmp / "resnet20-winograd.caffemodel"
+    net_pass("stock", "init", net, weights, 9)
+    kernels, outputs = {}, {}
+    for algorithm in ("auto", "direct"):
+        outputs[algorithm] = scratch / f"{algorithm}.npz"
+        result = python(NET_PASS, "pass", net, weights, tmp / "batch.npz", outputs[algorithm],
+                        env=dict(build_env("cpu"), HINTKD_THREADS="fixed", ONEDNN_VERBOSE="1",
+                                 HINTKD_CONV_ALGORITHM=algorithm))
+        kernels[algorithm] = convolution_kernels(result.stdout)
+        assert f"(HINTKD_CONV_ALGORITHM={algorithm})" in result.stderr
+    pays = {key for key in kernels["auto"]
+            if key[0] != "backward_weights" and key[1] >= 32 and key[2] >= 32 and key[3:] == (3, 1)}
+    assert {key[1] for key in pays} == {32, 64}, sorted(kernels["auto"])
+    for key, algorithms in kernels["auto"].items():
+        assert algorithms == ({"winograd"} if key in pays else {"direct"}), (key, algorithms)
+    assert set(kernels["direct"]) == set(kernels["auto"])
+    assert all(algorithms == {"direct"} for algorithms in kernels["direct"].values()), kernels["direct"]
+    auto, direct = np.load(outputs["auto"]), np.load(outputs["direct"])
+    forward = {key: value for key, value in differences(auto, direct).items() if key.startswith("data:")}
+    assert max(forward.values()) < FORWARD_RTOL, worst(forward, ("data:",))
+    assert max(forward.values()) > 0, "the same bits with and without Winograd"
+

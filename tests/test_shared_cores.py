@@ -161,7 +161,7 @@ def test_fixed_threads_are_recorded_as_held(tmp_path, digits_data):
     (summary,) = out.glob("digits/teacher-*/summary.json")
     threads = json.loads(summary.read_text())["threads"]
     assert threads == {"threads": CORES, "policy": "fixed", "changes": 0, "fewest": CORES, "same_throughout": True,
-                       "batch_parts": BATCH_PARTS, "repeatable": True}
+                       "batch_parts": BATCH_PARTS, "repeatable": True, "convolutions": "auto"}
     assert f"{CORES} threads throughout: the same command gives these numbers again bit for bit" in result.stdout
 
 
