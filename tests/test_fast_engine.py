@@ -384,31 +384,71 @@ def test_the_thread_count_enters_no_number(builds, nets, scratch, label):
     assert len(one.files) > 100 and not differ, sorted(differ)
 
 
+# 3x3 convolutions on each side of the Winograd rule: 16 channels at 32x32, 32 at
+# 16x16, 64 at 8x8 and at 4x4, each after a strided one (written out, not a loop,
+# so that it reads as a prototxt).
+WINOGRAD_SIZES = """\
+name: "winograd-sizes"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 128 dim: 3 dim: 32 dim: 32 } shape { dim: 128 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 16 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c1/relu" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+        convolution_param { num_output: 16 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c2/relu" type: "ReLU" bottom: "c2" top: "c2" }
+layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3"
+        convolution_param { num_output: 32 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c3/relu" type: "ReLU" bottom: "c3" top: "c3" }
+layer { name: "c4" type: "Convolution" bottom: "c3" top: "c4"
+        convolution_param { num_output: 32 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c4/relu" type: "ReLU" bottom: "c4" top: "c4" }
+layer { name: "c5" type: "Convolution" bottom: "c4" top: "c5"
+        convolution_param { num_output: 64 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c5/relu" type: "ReLU" bottom: "c5" top: "c5" }
+layer { name: "c6" type: "Convolution" bottom: "c5" top: "c6"
+        convolution_param { num_output: 64 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c6/relu" type: "ReLU" bottom: "c6" top: "c6" }
+layer { name: "c7" type: "Convolution" bottom: "c6" top: "c7"
+        convolution_param { num_output: 64 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c7/relu" type: "ReLU" bottom: "c7" top: "c7" }
+layer { name: "c8" type: "Convolution" bottom: "c7" top: "c8"
+        convolution_param { num_output: 64 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
+layer { name: "c8/relu" type: "ReLU" bottom: "c8" top: "c8" }
+layer { name: "fc" type: "InnerProduct" bottom: "c8" top: "fc" inner_product_param { num_output: 10
+        weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+# oneDNN 2.6 has Winograd kernels for AVX-512 only.
+WINOGRAD_CPU = "avx512f" in Path("/proc/cpuinfo").read_text() and "ONEDNN_MAX_CPU_ISA" not in os.environ
+
+
 def convolution_kernels(onednn_verbose):
-    """{(pass, input channels, output channels, kernel, stride): {algorithms}} of the
-    convolutions a pass ran, from oneDNN's verbose lines."""
+    """{(pass, input channels, output channels, output size, kernel, stride): {algorithms}}
+    of the convolutions a pass ran, from oneDNN's verbose lines."""
     kernels = {}
     for line in onednn_verbose.splitlines():
         fields = line.split(",")
         if fields[:4] != ["onednn_verbose", "exec", "cpu", "convolution"]:
             continue
-        shape = re.search(r"ic(\d+)oc(\d+)_ih\d+oh\d+kh(\d+)sh(\d+)", line)
+        shape = re.search(r"ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+)sh(\d+)", line)
         algorithm = re.search(r"alg:convolution_(\w+)", line).group(1)
         kernels.setdefault((fields[5], *map(int, shape.groups())), set()).add(algorithm)
     return kernels
 
 
-@pytest.mark.skipif("avx512f" not in Path("/proc/cpuinfo").read_text() or "ONEDNN_MAX_CPU_ISA" in os.environ,
-                    reason="oneDNN's Winograd kernels need AVX-512")
+@pytest.mark.skipif(not WINOGRAD_CPU, reason="oneDNN's Winograd kernels need AVX-512")
 def test_winograd_takes_the_layers_where_it_pays(builds, nets, scratch):
     """By default the forward and backward-data passes of 3x3 stride-1 convolutions of 32
-    channels or more take Winograd kernels (08-winograd-where-it-pays: faster there, slower
-    at 16 channels, measured in docs/engine.md), every other pass the direct ones;
-    HINTKD_CONV_ALGORITHM=direct keeps the direct kernels everywhere. Both give a ResNet-20's
-    forward blobs within FORWARD_RTOL of each other, and not the same bits (else Winograd
+    channels or more with outputs of 8x8 or more take Winograd kernels
+    (08-winograd-where-it-pays: faster there, slower at 16 channels and on smaller maps,
+    measured in docs/measured.md), every other pass the direct ones;
+    HINTKD_CONV_ALGORITHM=direct keeps the direct kernels everywhere. Both give the forward
+    blobs within FORWARD_RTOL of each other, and not the same bits (else Winograd
     never ran). How close each is to the stock build: test_fast_build_matches_stock."""
-    tmp, paths = nets
-    net, weights = paths["resnet20"], tmp / "resnet20-winograd.caffemodel"
+    tmp, _ = nets
+    net, weights = tmp / "winograd-sizes.prototxt", tmp / "winograd-sizes.caffemodel"
+    net.write_text(WINOGRAD_SIZES)
     net_pass("stock", "init", net, weights, 9)
     kernels, outputs = {}, {}
     for algorithm in ("auto", "direct"):
@@ -419,8 +459,8 @@ def test_winograd_takes_the_layers_where_it_pays(builds, nets, scratch):
         kernels[algorithm] = convolution_kernels(result.stdout)
         assert f"(HINTKD_CONV_ALGORITHM={algorithm})" in result.stderr
     pays = {key for key in kernels["auto"]
-            if key[0] != "backward_weights" and key[1] >= 32 and key[2] >= 32 and key[3:] == (3, 1)}
-    assert {key[1] for key in pays} == {32, 64}, sorted(kernels["auto"])
+            if key[0] != "backward_weights" and min(key[1:3]) >= 32 and key[3] >= 8 and key[4:] == (3, 1)}
+    assert {key[1:4] for key in pays} == {(32, 32, 16), (64, 64, 8)}, sorted(kernels["auto"])
     for key, algorithms in kernels["auto"].items():
         assert algorithms == ({"winograd"} if key in pays else {"direct"}), (key, algorithms)
     assert set(kernels["direct"]) == set(kernels["auto"])
@@ -430,3 +470,17 @@ def test_winograd_takes_the_layers_where_it_pays(builds, nets, scratch):
     assert max(forward.values()) < FORWARD_RTOL, worst(forward, ("data:",))
     assert max(forward.values()) > 0, "the same bits with and without Winograd"
 
+
+
+def test_the_kernel_benchmark_runs_every_shape():
+    """analysis/benchmark_conv_kernels.py compiles its program against the fast build's
+    oneDNN and times every shape and pass (how fast is for the benchmark to say, not a
+    test): a cell for each direct kernel, Winograd only on stride-1 layers."""
+    out = python(REPO / "analysis" / "benchmark_conv_kernels.py", "--no-onednn3",
+                 "--rounds", "1", "--reps", "1", "--images", "16", "--parts", "2").stdout
+    rows = [line for line in out.splitlines() if re.match(r"\d+->\d+ ", line)]
+    assert len(rows) == 7 * 4, out
+    for row in rows:  # layer, pass, then the 2.6 direct and 2.6 winograd cells
+        direct, winograd = re.findall(r"\d+\.\d+ \(\s*\d+\)|(?<= )-(?= )", row)[:2]
+        assert direct != "-", row
+        assert (winograd == "-") == (" s2 " in row or not WINOGRAD_CPU), row
