@@ -384,41 +384,26 @@ def test_the_thread_count_enters_no_number(builds, nets, scratch, label):
     assert len(one.files) > 100 and not differ, sorted(differ)
 
 
-# 3x3 convolutions on each side of the Winograd rule: 16 channels at 32x32, 32 at
-# 16x16, 64 at 8x8 and at 4x4, each after a strided one (written out, not a loop,
-# so that it reads as a prototxt).
-WINOGRAD_SIZES = """\
-name: "winograd-sizes"
+def conv_relu(name, bottom, outputs, stride):
+    """A 3x3 convolution (pad 1) and its ReLU, in prototxt."""
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}"\n'
+            f'        convolution_param {{ num_output: {outputs} kernel_size: 3 stride: {stride} pad: 1\n'
+            '                             weight_filler { type: "msra" } bias_term: false } }\n'
+            f'layer {{ name: "{name}/relu" type: "ReLU" bottom: "{name}" top: "{name}" }}\n')
+
+
+# 3x3 convolutions on each side of the Winograd rule: 16 channels at 32x32, then 32 at
+# 16x16, 64 at 8x8 and 64 at 4x4, each width after a strided convolution.
+WINOGRAD_SIZES = ("""name: "winograd-sizes"
 layer { name: "data" type: "Input" top: "data" top: "label"
         input_param { shape { dim: 128 dim: 3 dim: 32 dim: 32 } shape { dim: 128 } } }
-layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
-        convolution_param { num_output: 16 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c1/relu" type: "ReLU" bottom: "c1" top: "c1" }
-layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
-        convolution_param { num_output: 16 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c2/relu" type: "ReLU" bottom: "c2" top: "c2" }
-layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3"
-        convolution_param { num_output: 32 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c3/relu" type: "ReLU" bottom: "c3" top: "c3" }
-layer { name: "c4" type: "Convolution" bottom: "c3" top: "c4"
-        convolution_param { num_output: 32 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c4/relu" type: "ReLU" bottom: "c4" top: "c4" }
-layer { name: "c5" type: "Convolution" bottom: "c4" top: "c5"
-        convolution_param { num_output: 64 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c5/relu" type: "ReLU" bottom: "c5" top: "c5" }
-layer { name: "c6" type: "Convolution" bottom: "c5" top: "c6"
-        convolution_param { num_output: 64 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c6/relu" type: "ReLU" bottom: "c6" top: "c6" }
-layer { name: "c7" type: "Convolution" bottom: "c6" top: "c7"
-        convolution_param { num_output: 64 kernel_size: 3 stride: 2 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c7/relu" type: "ReLU" bottom: "c7" top: "c7" }
-layer { name: "c8" type: "Convolution" bottom: "c7" top: "c8"
-        convolution_param { num_output: 64 kernel_size: 3 stride: 1 pad: 1 weight_filler { type: "msra" } bias_term: false } }
-layer { name: "c8/relu" type: "ReLU" bottom: "c8" top: "c8" }
-layer { name: "fc" type: "InnerProduct" bottom: "c8" top: "fc" inner_product_param { num_output: 10
-        weight_filler { type: "msra" } } }
+""" + "".join(conv_relu(f"c{k + 1}", f"c{k}" if k else "data", outputs, stride)
+              for k, (outputs, stride) in enumerate([(16, 1), (16, 1), (32, 2), (32, 1),
+                                                     (64, 2), (64, 1), (64, 2), (64, 1)])) + """\
+layer { name: "fc" type: "InnerProduct" bottom: "c8" top: "fc"
+        inner_product_param { num_output: 10 weight_filler { type: "msra" } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
-"""
+""")
 # oneDNN 2.6 has Winograd kernels for AVX-512 only.
 WINOGRAD_CPU = "avx512f" in Path("/proc/cpuinfo").read_text() and "ONEDNN_MAX_CPU_ISA" not in os.environ
 
