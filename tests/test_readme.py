@@ -92,8 +92,8 @@ def test_the_main_job_gives_the_accuracies_the_readme_quotes(tmp_path):
     another CPU or thread count float32 sums run in another order, so only there. On
     the same CPU a build of the same kind from other code (an engine patch changed since
     the README was measured) is a README to measure again, not a reason to skip."""
-    recorded = json.loads(measured.RESULTS.read_text())["machine"]
-    here = measured.machine()
+    results = json.loads(measured.RESULTS.read_text())
+    recorded, here = results["machine"], measured.machine()
     if any(here[key] != recorded.get(key) for key in ("cpu", "cpu_id", "cores", "threads")) or \
             kind_of_build(here["engine"]) != kind_of_build(recorded["engine"]):
         pytest.skip(f"measured on another machine or engine ({recorded['cpu']}, "
@@ -101,8 +101,7 @@ def test_the_main_job_gives_the_accuracies_the_readme_quotes(tmp_path):
     assert here["engine"] == recorded["engine"], \
         "the README's numbers were measured with this kind of build from other code: run analysis/measured.py"
     measured.run_stages(measured.MAIN_JOB, tmp_path)
-    main_job = json.loads(measured.RESULTS.read_text())["main_job"]
-    assert measured.main_job_accuracies(tmp_path) == main_job["accuracy"], \
+    assert measured.main_job_accuracies(tmp_path) == results["main_job"]["accuracy"], \
         "the main job's accuracies changed: run analysis/measured.py and commit what it writes"
 
 
