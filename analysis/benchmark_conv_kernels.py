@@ -100,16 +100,20 @@ def timed(program, images, shape, algorithm, reps, threads):
     return json.loads(out)
 
 
+def in_channels(shape):
+    """A strided layer doubles the channels (as conv_kernels.cpp makes it)."""
+    channels, _, stride = shape
+    return channels // 2 if stride == 2 else channels
+
+
 def operations(images, shape):
     channels, size, stride = shape
-    inputs = channels // 2 if stride == 2 else channels
-    return 2 * images * channels * inputs * 9 * (size // stride) ** 2
+    return 2 * images * channels * in_channels(shape) * 9 * (size // stride) ** 2
 
 
 def label(shape):
     channels, size, stride = shape
-    inputs = channels // 2 if stride == 2 else channels
-    return f"{inputs}->{channels} {size}x{size} s{stride}"
+    return f"{in_channels(shape)}->{channels} {size}x{size} s{stride}"
 
 
 def main(argv=None):
@@ -135,16 +139,18 @@ def main(argv=None):
             for shape in SHAPES:
                 for column in columns:
                     version, algorithm = column
-                    for images, used, rows in ((args.images, threads, PASSES), (part, 1, ("backward_weights",))):
+                    # (images, threads, {row of the table: the pass it times})
+                    for images, used, rows in ((args.images, threads, {p: p for p in PASSES}),
+                                               (part, 1, {PART: "backward_weights"})):
                         result = timed(programs[version], images, shape, algorithm, args.reps, used)
-                        for row in rows:
-                            key = (shape, row if images == args.images else PART, column)
+                        for row, timed_pass in rows.items():
+                            key = (shape, row, column)
                             if "unavailable" in result:
                                 best[key], kernels[key] = None, "-"
                                 continue
-                            ms = result[row]
+                            ms = result[timed_pass]
                             best[key] = ms if best.get(key) is None else min(best[key], ms)
-                            kernels[key] = result["kernels"][PASSES.index(row)]
+                            kernels[key] = result["kernels"][PASSES.index(timed_pass)]
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
         peak = sgemm_gflops()
 

@@ -112,16 +112,18 @@ def minutes_seconds(seconds):
     return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
+def teacher_and_nets(accuracy):
+    """A main job's accuracies as the README quotes them: the teacher's, and Nets 1-3's."""
+    teacher = next(v for k, v in accuracy.items() if k.startswith("teacher"))
+    return teacher, " / ".join(f"{v:.2f}" for k, v in accuracy.items() if "stage2" in k)
+
+
 def render(results):
     """{block name: Markdown} for every quoted block."""
     m, job = results["machine"], results["main_job"]
     where = f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, {m['os']}, {m['date']}"
-    acc = job["accuracy"]
-    teacher = next(v for k, v in acc.items() if k.startswith("teacher"))
-    nets = " / ".join(f"{v:.2f}" for k, v in acc.items() if "stage2" in k)
-    portable = results["main_job_portable"]["accuracy"]
-    portable_teacher = next(v for k, v in portable.items() if k.startswith("teacher"))
-    portable_nets = " / ".join(f"{v:.2f}" for k, v in portable.items() if "stage2" in k)
+    teacher, nets = teacher_and_nets(job["accuracy"])
+    portable_teacher, portable_nets = teacher_and_nets(results["main_job_portable"]["accuracy"])
     whole_hours, minutes, _ = map(int, results["table1_dry_run"]["estimate"].split(":"))
     hours = whole_hours + minutes / 60
     blocks = {

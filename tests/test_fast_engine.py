@@ -456,7 +456,6 @@ def test_winograd_takes_the_layers_where_it_pays(builds, nets, scratch):
     assert max(forward.values()) > 0, "the same bits with and without Winograd"
 
 
-
 def test_the_kernel_benchmark_runs_every_shape():
     """analysis/benchmark_conv_kernels.py compiles its program against the fast build's
     oneDNN and times every shape and pass (how fast is for the benchmark to say, not a
