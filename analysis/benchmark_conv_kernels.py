@@ -7,8 +7,9 @@ side by side: which library version and which algorithm the fast build should ta
 Columns, each timed in the same interleaved rounds (A B C D A B C D ...):
   2.6 direct     Debian's oneDNN 2.6 (libdnnl-dev, the fast build's), direct kernels
   2.6 winograd   the same library's Winograd F(4x4, 3x3) kernels
-  3.2 direct     oneDNN 3.2 (PyPI's onednn-cpu-gomp 2023.2.0 with its -devel headers,
-                 pinned by sha256 and fetched once into HINTKD_CACHE), direct kernels
+  3.2 direct     oneDNN 3.2 (PyPI's onednn-cpu-gomp 2023.2.0 with its -devel headers, pinned
+                 by sha256 and fetched once into HINTKD_CACHE by engine/install_caffe.sh
+                 --fetch-onednn3), direct kernels
   3.2 winograd   its Winograd kernels, where it has any
 Rows: each 3x3 shape of a CIFAR ResNet and the small maps of one on 8x8 images, forward, backward-data and backward-weights on
 the whole batch and every thread, then the weight gradient as the fast build takes it
@@ -21,13 +22,11 @@ A program of analysis/conv_kernels.cpp is compiled against each library (g++, a 
 seconds each) into a temporary folder; nothing is installed.
 """
 import argparse
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +34,6 @@ sys.path.insert(0, str(ROOT))
 from analysis.benchmark_engines import sgemm_gflops  # noqa: E402
 
 SOURCE = ROOT / "analysis" / "conv_kernels.cpp"
-# oneDNN 3.2 built with GNU OpenMP (the runtime Debian's 2.6 and the fast build use).
-ONEDNN3_VERSION = "2023.2.0"
-ONEDNN3_WHEELS = {
-    "onednn-cpu-gomp": "2f22a54d6a890ed14bfa185d42a4be65d8b5b1df85dc1f0f3a9abe31620416fb",
-    "onednn-devel-cpu-gomp": "9763c69e8c907e119056bd52ad918ca84ac9ba939d130a99dfa95ccca3e5e284",
-}
 # (output channels, input size, stride): a CIFAR ResNet's three stages and the two
 # strided layers between them (each doubles the channels and halves the size), then
 # the last two stages of a net on 8x8 images (the digits).
@@ -49,34 +42,10 @@ PASSES = ("forward", "backward_data", "backward_weights")
 PART = "weight gradient, 1 part"
 
 
-def cache_dir():
-    return Path(os.environ.get("HINTKD_CACHE", Path.home() / ".cache" / "hintkd"))
-
-
 def onednn3():
-    """oneDNN 3.2's headers and library, fetched and checked once: (include, lib)."""
-    root = cache_dir() / f"onednn-cpu-gomp-{ONEDNN3_VERSION}"
-    if not (root / "lib" / "libdnnl.so.3").exists():
-        print(f"fetching oneDNN 3.2 (onednn-cpu-gomp=={ONEDNN3_VERSION}, 39 MB) into {root} ...", file=sys.stderr)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
-            tmp = Path(tmp)
-            for name, sha256 in ONEDNN3_WHEELS.items():
-                subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                                f"{name}=={ONEDNN3_VERSION}", "-d", str(tmp / "wheels")], check=True)
-                (wheel,) = (tmp / "wheels").glob(f"{name.replace('-', '_')}-{ONEDNN3_VERSION}-*.whl")
-                digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-                if digest != sha256:
-                    raise SystemExit(f"benchmark_conv_kernels.py: {wheel.name}: sha256 {digest}, expected {sha256}")
-                with zipfile.ZipFile(wheel) as archive:
-                    for member in archive.namelist():
-                        inside = member.split(".data/data/", 1)
-                        if len(inside) == 2 and inside[1].startswith(("include/", "lib/libdnnl.so")):
-                            target = tmp / "onednn" / inside[1]
-                            target.parent.mkdir(parents=True, exist_ok=True)
-                            target.write_bytes(archive.read(member))
-                wheel.unlink()
-            os.replace(tmp / "onednn", root)  # whole or not at all
+    """oneDNN 3.2's headers and library, fetched and checked once by the engine's installer: (include, lib)."""
+    root = Path(subprocess.run(["bash", str(ROOT / "engine" / "install_caffe.sh"), "--fetch-onednn3"],
+                               check=True, stdout=subprocess.PIPE, text=True).stdout.strip())
     return root / "include", root / "lib"
 
 

@@ -13,7 +13,6 @@ meanwhile is kept beside each time. Blocks are marked in README.md and docs/*.md
 `<!-- measured:NAME -->` ... `<!-- /measured:NAME -->`; everything between is rewritten.
 """
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -47,12 +46,13 @@ BLOCK = re.compile(r"(<!-- measured:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /m
 
 def machine():
     """What the numbers were measured on: the CPU by name and by the model name and flags its
-    builds are made for (cpu_id, as engine/install_caffe.sh hashes them), and the build."""
+    builds are made for (cpu_id, engine/install_caffe.sh's hash of them), and the build."""
     lines = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                platform.processor())
-    first = [next((line for line in lines if line.startswith(key)), "") for key in ("model name", "flags")]
-    return {"cpu": cpu, "cpu_id": hashlib.sha256("".join(f"{line}\n" for line in first).encode()).hexdigest()[:16],
+    cpu_id = subprocess.run(["bash", str(engine.INSTALL_SCRIPT), "--print-cpu-id"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cpu_id": cpu_id,
             "cores": os.cpu_count(), "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())),
             "os": platform.freedesktop_os_release().get("PRETTY_NAME", platform.system()),
             "engine": re.sub(r"\(/\S*/(caffe-[^)/]+)\)", r"(\1)", engine.describe()),  # the build, not its folder

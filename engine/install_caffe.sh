@@ -7,16 +7,23 @@
 #                                           code at -O2) if missing
 #   engine/install_caffe.sh --cuda          install the CUDA build if missing
 #   engine/install_caffe.sh --print-prefix  print where the build lives (or will)
+#   engine/install_caffe.sh --print-cpu-id  print the hash of this CPU's model and flags that
+#                                           a fast build's prefix carries
 #   engine/install_caffe.sh --check         exit 0 when installed, 1 otherwise
 #   engine/install_caffe.sh --runtime       only the Debian packages a build needs to run
 #                                           (an image that copies the build in)
 #   engine/install_caffe.sh --fetch-source  download and check the pinned source; print its path
+#   engine/install_caffe.sh --fetch-onednn3 download and check the pinned oneDNN 3.2 (headers and
+#                                           library, into HINTKD_CACHE); print its folder
 #
 # Environment:
 #   HINTKD_CAFFE_VARIANT  cpu (fast), stock or cuda: the variant when no --cpu,
 #                         --stock or --cuda is given
 #   HINTKD_PORTABLE       1: the fast CPU build without -march=native, for a prefix
 #                         that machines with other CPUs load (shared cluster storage)
+#   HINTKD_ONEDNN         the fast CPU build's oneDNN: 2.6 (default, Debian's libdnnl-dev)
+#                         or 3.2 (PyPI's onednn-cpu-gomp, pinned by sha256, with
+#                         patches/onednn3/ for its API; slower here, docs/measured.md)
 #   HINTKD_CACHE          where builds go (default ~/.cache/hintkd)
 #   HINTKD_CAFFE_SDIST    a local brocolli-caffe-9.0.2.tar.gz (skips the download)
 #   HINTKD_JOBS           parallel make jobs (default: number of cores)
@@ -36,7 +43,7 @@
 #
 # The prefix name carries the variant and a hash of the recipe (Makefile.config,
 # patches/, the pinned source, the variant, the CUDA toolkit and architectures,
-# the fast build's patches, flags and target CPU, BUILD_RECIPE), so a changed
+# the fast build's patches, flags, target CPU and oneDNN, BUILD_RECIPE), so a changed
 # recipe builds anew and the builds never overwrite each other. A build is assembled in a temporary folder and renamed
 # into place only after its smoke test passes: an interrupted build never looks
 # installed.
@@ -71,6 +78,11 @@ CUDA_RUNTIME_LIBRARIES="libcudart11.0 libcublas11 libcublaslt11 libcurand10"
 # The fast CPU build: oneDNN 2.6 (its OpenMP flavour, libgomp).
 FAST_BUILD_PACKAGES="libdnnl-dev"
 FAST_RUNTIME_LIBRARIES="libdnnl2 libgomp1"
+# Or oneDNN 3.2 (HINTKD_ONEDNN=3.2): PyPI's build with GNU OpenMP, the same runtime,
+# its library and -devel headers; the library goes into the prefix.
+ONEDNN3_VERSION=2023.2.0
+ONEDNN3_WHEELS="onednn-cpu-gomp=2f22a54d6a890ed14bfa185d42a4be65d8b5b1df85dc1f0f3a9abe31620416fb
+  onednn-devel-cpu-gomp=9763c69e8c907e119056bd52ad918ca84ac9ba939d130a99dfa95ccca3e5e284"
 
 # Progress over the build steps make reports (its output on stdin): one rewritten
 # line on a terminal, a line every tenth of the way in a log or pipe; the count
@@ -94,11 +106,13 @@ for arg in "$@"; do
     --cpu) variant=cpu ;;
     --cuda) variant=cuda ;;
     --print-prefix) action=print ;;
+    --print-cpu-id) action=print-cpu-id ;;
     --runtime) action=runtime ;;
     --check) action=check ;;
     --stock) variant=stock ;;
     --progress-filter=*) build_progress "${arg#*=}"; exit ;;  # the build's progress on stdin, for tests
     --fetch-source) action=fetch ;;
+    --fetch-onednn3) action=fetch-onednn3 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     *) echo "install_caffe.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
@@ -107,6 +121,11 @@ done
 case "$variant" in
   cpu|stock|cuda) ;;
   *) echo "install_caffe.sh: HINTKD_CAFFE_VARIANT must be cpu, stock or cuda, got '$variant'" >&2; exit 2 ;;
+esac
+onednn=${HINTKD_ONEDNN:-2.6}
+case "$onednn" in
+  2.6|3.2) [ "$variant" = cpu ] || onednn=none ;;  # only the fast CPU build uses oneDNN
+  *) echo "install_caffe.sh: HINTKD_ONEDNN must be 2.6 (Debian's) or 3.2 (PyPI's), got '$onednn'" >&2; exit 2 ;;
 esac
 
 say() { echo "[install_caffe] $*" >&2; }
@@ -162,6 +181,9 @@ cuda_arch_flags() {
 }
 
 # --- Fast CPU build: flags and what its build depends on -------------------------
+# The CPU a -march=native build is made for: its model name and flags, hashed.
+cpu_id() { grep -m2 -E '^(model name|flags)' /proc/cpuinfo | sha256sum | cut -c1-16; }
+[ "$action" != print-cpu-id ] || { cpu_id; exit 0; }
 fast_recipe=""
 if [ "$variant" = cpu ]; then
   if [ "${HINTKD_PORTABLE:-0}" = 1 ]; then
@@ -170,9 +192,12 @@ if [ "$variant" = cpu ]; then
     # -march=native: the CPU this machine reports; the prefix's hash carries it,
     # so a machine with another CPU builds its own instead of loading this one.
     optimization="-O3 -march=native"
-    target_cpu=$(grep -m2 -E '^(model name|flags)' /proc/cpuinfo | sha256sum | cut -c1-16)
+    target_cpu=$(cpu_id)
   fi
   fast_recipe="fast $optimization $target_cpu $(cat "$ENGINE_DIR/Makefile.fast.config" "$ENGINE_DIR"/patches/fast/*.patch | sha256sum)"
+  # Only a oneDNN 3.2 build adds to the recipe: the 2.6 builds keep their prefixes.
+  [ "$onednn" != 3.2 ] || fast_recipe+=" onednn $ONEDNN3_WHEELS $(cat "$ENGINE_DIR/Makefile.onednn3.config" \
+    "$ENGINE_DIR"/patches/onednn3/*.patch | sha256sum)"
 fi
 
 cache=${HINTKD_CACHE:-$HOME/.cache/hintkd}
@@ -256,6 +281,39 @@ fetch_source() {
   echo "$sdist"
 }
 
+# oneDNN 3.2's headers and library from PyPI's wheels, checked by sha256, fetched
+# once into the cache (whole or not at all); prints the folder.
+fetch_onednn3() {
+  local root="$cache/onednn-cpu-gomp-$ONEDNN3_VERSION" entry name sha256 wheel dl
+  if [ ! -f "$root/lib/libdnnl.so.3" ]; then
+    say "downloading oneDNN 3.2 (onednn-cpu-gomp==$ONEDNN3_VERSION and its headers, 39 MB)"
+    mkdir -p "$cache"
+    dl=$(mktemp -d "$cache/onednn.XXXXXX")
+    trap 'rm -rf "$dl"' EXIT  # a failed download leaves nothing
+    for entry in $ONEDNN3_WHEELS; do
+      name=${entry%=*} sha256=${entry#*=}
+      python3 -m pip download -q --no-deps --only-binary :all: "$name==$ONEDNN3_VERSION" -d "$dl/wheels" >&2
+      wheel=$(ls "$dl/wheels/${name//-/_}-$ONEDNN3_VERSION"-*.whl)
+      if ! echo "$sha256  $wheel" | sha256sum -c --status; then
+        say "checksum mismatch for $wheel (expected sha256 $sha256)"
+        exit 1
+      fi
+      python3 -m zipfile -e "$wheel" "$dl/unpacked"
+    done
+    # A wheel keeps its files under <name>.data/data/ (zip has no symbolic links:
+    # libdnnl.so, .so.3 and .so.3.2 are three copies of one library).
+    mkdir -p "$dl/onednn/lib"
+    cp -r "$dl"/unpacked/*.data/data/include "$dl/onednn/"
+    cp "$dl"/unpacked/*.data/data/lib/libdnnl.so.3 "$dl/onednn/lib/"
+    ln -s libdnnl.so.3 "$dl/onednn/lib/libdnnl.so"
+    rm -rf "$root"
+    mv "$dl/onednn" "$root"
+    rm -rf "$dl"
+    trap - EXIT
+  fi
+  echo "$root"
+}
+
 build() {
   local sdist=$1 work=$2
   tar xzf "$sdist" -C "$work"
@@ -265,11 +323,13 @@ build() {
   done
   local patch patches=("$ENGINE_DIR"/patches/*.patch)  # fixes to the source, each explained inside
   [ "$variant" = cpu ] && patches+=("$ENGINE_DIR"/patches/fast/*.patch)
+  [ "$onednn" = 3.2 ] && patches+=("$ENGINE_DIR"/patches/onednn3/*.patch)
   for patch in "${patches[@]}"; do
     patch -s -d "$tree" -p1 < "$patch"
   done
   cp "$ENGINE_DIR/Makefile.config" "$tree/Makefile.config"
   [ "$variant" = cpu ] && cat "$ENGINE_DIR/Makefile.fast.config" >> "$tree/Makefile.config"
+  [ "$onednn" = 3.2 ] && cat "$ENGINE_DIR/Makefile.onednn3.config" >> "$tree/Makefile.config"
   local jobs=${HINTKD_JOBS:-$(nproc)} log="$work/build.log" total
   # Compile steps, one link step per tool, and the library, pycaffe and proto steps.
   total=$(( $(find "$tree/src/caffe" "$tree/tools" -name '*.cpp' ! -name 'test_*' | wc -l)
@@ -277,6 +337,7 @@ build() {
   say "building Caffe ($variant) with $jobs jobs; full log: $log"
   local status=0 device_flags=(CPU_ONLY=1)
   [ "$variant" = cpu ] && device_flags+=("OPTIMIZATION=$optimization")
+  [ "$onednn" = 3.2 ] && device_flags+=("ONEDNN3_ROOT=$onednn3_root")
   if [ "$variant" = cuda ]; then
     device_flags=(CPU_ONLY= "CUDA_DIR=$cuda_dir" "CUDA_ARCH=$cuda_arch")
     # nvcc runs ptxas, nvlink and fatbinary from PATH: the chosen toolkit's go first
@@ -305,11 +366,14 @@ assemble() {
   # _caffe.so looks for libcaffe in $ORIGIN/../../build/lib, caffe.bin in $ORIGIN/../lib.
   ln -s ../lib "$stage/build/lib"
   cp "$tree/Makefile.config" "$stage/Makefile.config"
+  # libcaffe finds its libraries' sonames in $ORIGIN/../lib, its own folder.
+  [ "$onednn" = 3.2 ] && cp "$onednn3_root/lib/libdnnl.so.3" "$stage/lib/"
   smoke_test "$stage"
   cat > "$stage/BUILD-INFO.json" <<JSON
 {"source": "$CAFFE_SDIST_NAME==$CAFFE_SDIST_VERSION", "sha256": "$CAFFE_SDIST_SHA256",
  "variant": "$variant", "recipe": "$recipe_hash", "python": "/usr/bin/python3",
  "fast": $([ "$variant" = cpu ] && echo true || echo false), "optimization": "${optimization:--O2}",
+ "onednn": "$onednn",
  "cuda_dir": "${cuda_dir:-}", "cuda_arch": "${cuda_arch:-}",
  "built": "$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
 JSON
@@ -341,6 +405,11 @@ if [ "$action" = fetch ]; then
   fetch_source
   exit 0
 fi
+if [ "$action" = fetch-onednn3 ]; then
+  install_debian_packages python3-pip
+  fetch_onednn3
+  exit 0
+fi
 if [ "$action" = runtime ] || [ -f "$prefix/BUILD-INFO.json" ]; then
   install_runtime_packages
   [ "$action" = runtime ] || echo "$prefix"
@@ -370,6 +439,7 @@ if [ -f "$prebuilt/BUILD-INFO.json" ]; then
   smoke_test "$prefix.tmp.$$"
 else
   sdist=$(fetch_source)
+  [ "$onednn" != 3.2 ] || onednn3_root=$(fetch_onednn3)
   work=$(mktemp -d "$cache/build.XXXXXX")
   trap 'rm -rf "$work" "$prefix.tmp.$$"' EXIT
   build "$sdist" "$work"

@@ -71,6 +71,8 @@ def describe(gpu=None):
     kind = {"cpu": "fast CPU build", "stock": "stock CPU build", "cuda": "CUDA build"}[info["variant"]]
     if info["variant"] == "cpu":
         kind += ", portable" if "march=native" not in info.get("optimization", "") else ", for this CPU"
+        if info.get("onednn", "2.6") != "2.6":  # HINTKD_ONEDNN=3.2 (engine/install_caffe.sh)
+            kind += f", oneDNN {info['onednn']}"
     threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
     device = f"GPU {gpu}" if gpu is not None else f"the CPU, {threads} thread{'s' * (threads != 1)}"
     return f"Caffe {kind} ({caffe_prefix()}) on {device}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, on real Caffe: installs what is missing (Debian packages, the
-# fast CPU build and the stock one it is compared with, and Slurm with munge for
+# fast CPU build, the stock one it is compared with and the fast build on oneDNN
+# 3.2 (HINTKD_ONEDNN=3.2, compared too), and Slurm with munge for
 # tests/test_slurm.py's one-node cluster), then runs pytest under Debian's python3
 # (pycaffe's interpreter).
 #   tests/run.sh [pytest arguments]
@@ -8,6 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/engine/install_caffe.sh" >/dev/null
 "$ROOT/engine/install_caffe.sh" --stock >/dev/null
+HINTKD_ONEDNN=3.2 "$ROOT/engine/install_caffe.sh" >/dev/null
 if [ ! -x /usr/sbin/slurmctld ] || [ ! -x /usr/sbin/slurmd ] || [ ! -x /usr/sbin/munged ]; then
   sudo=; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
   $sudo apt-get update -qq

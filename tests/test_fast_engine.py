@@ -67,8 +67,8 @@ BACKWARD_CAP = 5e-2
 UPDATE_RTOL = 5e-4
 
 
-def build_env(variant):
-    return {"HINTKD_CAFFE_VARIANT": variant, "HINTKD_CAFFE_PREFIX": ""}
+def build_env(variant, onednn="2.6"):
+    return {"HINTKD_CAFFE_VARIANT": variant, "HINTKD_CAFFE_PREFIX": "", "HINTKD_ONEDNN": onednn}
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +76,23 @@ def builds():
     """Both CPU builds, installed if missing (tests/run.sh installs them first)."""
     prefixes = {}
     for variant in ("cpu", "stock"):
-        run(["bash", INSTALL, f"--{variant}"])
-        prefix = run(["bash", INSTALL, f"--{variant}", "--print-prefix"]).stdout.strip()
+        run(["bash", INSTALL, f"--{variant}"], env=build_env(variant))
+        prefix = run(["bash", INSTALL, f"--{variant}", "--print-prefix"], env=build_env(variant)).stdout.strip()
         prefixes[variant] = json.loads((Path(prefix) / "BUILD-INFO.json").read_text())
     assert prefixes["cpu"]["fast"] and not prefixes["stock"]["fast"]
     return prefixes
+
+
+@pytest.fixture(scope="module")
+def onednn3_build():
+    """The fast build on oneDNN 3.2 (HINTKD_ONEDNN=3.2), installed if missing."""
+    env = build_env("cpu", "3.2")
+    run(["bash", INSTALL], env=env)
+    prefix = Path(run(["bash", INSTALL, "--print-prefix"], env=env).stdout.strip())
+    assert json.loads((prefix / "BUILD-INFO.json").read_text())["onednn"] == "3.2"
+    (lib,) = prefix.glob("lib/libcaffe.so.*")
+    linked = run(["ldd", str(lib)]).stdout  # its own copy of oneDNN 3.2, not Debian's 2.6
+    assert f"libdnnl.so.3 => {prefix}/lib/" in linked and "libdnnl.so.2" not in linked
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +167,9 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "
 """
 
 
-def net_pass(variant, *args, verbose=False, fuse=True):
+def net_pass(variant, *args, verbose=False, fuse=True, onednn="2.6"):
     # A fixed thread count (the repeat test compares bits); one case changes it itself.
-    env = dict(build_env(variant), HINTKD_THREADS="fixed")
+    env = dict(build_env(variant, onednn), HINTKD_THREADS="fixed")
     if verbose:
         env["ONEDNN_VERBOSE"] = "2"  # each primitive made and run
     if not fuse:
@@ -166,8 +178,9 @@ def net_pass(variant, *args, verbose=False, fuse=True):
 
 
 def input_reorders(onednn_verbose):
-    """How many batch-sized tensors were reordered from Caffe's NCHW into oneDNN's layout."""
-    return len(re.findall(rf"^onednn_verbose,exec,cpu,reorder,[^,]*,[^,]*,src_f32::blocked:abcd:f0 [^,]*,[^,]*,[^,]*,"
+    """How many batch-sized tensors were reordered from Caffe's NCHW into oneDNN's layout
+    (oneDNN 3 writes "abcd::f0" where 2.6 writes "abcd:f0")."""
+    return len(re.findall(rf"^onednn_verbose,exec,cpu,reorder,[^,]*,[^,]*,src_f32::blocked:abcd::?f0 [^,]*,[^,]*,[^,]*,"
                           rf"{BATCH}x", onednn_verbose, re.M))
 
 
@@ -245,10 +258,15 @@ def permuted_batch(tmp):
 # passes: then its convolutions are made anew for the new count and must compute the
 # same. It runs each BatchNorm's Scale and ReLU in the BatchNorm's passes unless
 # HINTKD_FUSE=off: both ways must compute what the stock build's separate layers do.
-PASSES = {"resnet8": ("resnet8", None, True), "resnet20": ("resnet20", None, True),
-          "stage1-hint": ("stage1-hint", None, True), "stage2-kd": ("stage2-kd", None, True),
-          "odd-convolutions": ("odd-convolutions", None, True), "resnet20-then-1-thread": ("resnet20", 1, True),
-          "resnet20-unfused": ("resnet20", None, False)}
+# label: (net, a second pass's thread count, fused, the fast build's oneDNN). The oneDNN 3.2
+# build (patches/onednn3: every primitive made through oneDNN 3's API, a weight gradient's
+# parts found by layout tag) on the nets that make the most kinds of primitive.
+PASSES = {"resnet8": ("resnet8", None, True, "2.6"), "resnet20": ("resnet20", None, True, "2.6"),
+          "stage1-hint": ("stage1-hint", None, True, "2.6"), "stage2-kd": ("stage2-kd", None, True, "2.6"),
+          "odd-convolutions": ("odd-convolutions", None, True, "2.6"),
+          "resnet20-then-1-thread": ("resnet20", 1, True, "2.6"), "resnet20-unfused": ("resnet20", None, False, "2.6"),
+          "resnet20-onednn3": ("resnet20", None, True, "3.2"), "stage2-kd-onednn3": ("stage2-kd", None, True, "3.2"),
+          "odd-convolutions-onednn3": ("odd-convolutions", None, True, "3.2")}
 
 
 def created_convolutions(onednn_verbose):
@@ -257,9 +275,11 @@ def created_convolutions(onednn_verbose):
 
 
 @pytest.mark.parametrize("label", PASSES)
-def test_fast_build_matches_stock(builds, nets, scratch, label):
+def test_fast_build_matches_stock(builds, nets, scratch, label, request):
     tmp, paths = nets
-    net_label, second_threads, fuse = PASSES[label]
+    net_label, second_threads, fuse, onednn = PASSES[label]
+    if onednn != "2.6":
+        request.getfixturevalue("onednn3_build")
     net = paths[net_label]
     weights = tmp / f"{label}.caffemodel"
     net_pass("stock", "init", net, weights, 7)
@@ -268,12 +288,15 @@ def test_fast_build_matches_stock(builds, nets, scratch, label):
         outputs[variant] = scratch / f"{variant}.npz"
         threads = [second_threads] if variant == "cpu" and second_threads else []
         result = net_pass(variant, "pass", net, weights, tmp / "batch.npz", outputs[variant], *threads,
-                          verbose=variant == "cpu", fuse=fuse)
+                          verbose=variant == "cpu", fuse=fuse, onednn=onednn)
         if variant == "cpu":  # the fast build really took oneDNN's convolutions
             assert "convolution" in result.stdout and "backward_weights" in result.stdout
             created = created_convolutions(result.stdout)
             fused = fused_layers(result.stderr)
             reorders = input_reorders(result.stdout)
+            if onednn == "3.2":  # no float Winograd kernels there, and its log says so
+                assert all(kinds == {"direct"} for kinds in convolution_kernels(result.stdout).values())
+                assert "oneDNN 3 having no float Winograd kernels (HINTKD_CONV_ALGORITHM=auto)" in result.stderr
     # Fused, every BatchNorm of these nets (X/bn) ran its Scale (X/scale) and the ReLU
     # that follows that (X/relu, where the net has one).
     text = net.read_text()
@@ -283,12 +306,14 @@ def test_fast_build_matches_stock(builds, nets, scratch, label):
     assert sorted(fused) == expected
     # Fused, a ResNet's convolution reorders its input and its top's gradient once a pass each
     # (the weight gradient takes the forward pass's copy, the data gradient the weight
-    # gradient's), two passes here; each primitive its own copy without.
-    if net_label.startswith("resnet"):
+    # gradient's), two passes here; each primitive its own copy without. (oneDNN 3.2 gives the
+    # strided layers' data gradient other layouts, brgconv_strided's nhwc, so more copies.)
+    if net_label.startswith("resnet") and onednn == "2.6":
         convolutions = text.count('type: "Convolution"')
         assert (0 < reorders <= 2 * 2 * convolutions) == fuse, (reorders, convolutions)
     if second_threads:  # its convolutions were made again for the second pass's thread count
-        single = net_pass("cpu", "pass", net, weights, tmp / "batch.npz", scratch / "single.npz", verbose=True)
+        single = net_pass("cpu", "pass", net, weights, tmp / "batch.npz", scratch / "single.npz", verbose=True,
+                          onednn=onednn)
         assert created == 2 * created_convolutions(single.stdout) > 0
     # The stock build's own float32 noise: the same batch in another order.
     permuted, order = permuted_batch(tmp)
@@ -308,7 +333,7 @@ def test_fast_build_matches_stock(builds, nets, scratch, label):
     # Something was computed: losses, gradients of the learned parameters, and
     # (where asked for) the input's gradient are not zero.
     diffs = [k for k in stock.files if k.startswith("param_diff:") and np.abs(stock[k]).sum() > 0]
-    assert len(diffs) >= (7 if label == "odd-convolutions" else 10)
+    assert len(diffs) >= (7 if net_label == "odd-convolutions" else 10)
     if net_label in ("resnet8", "resnet20", "odd-convolutions"):
         assert np.abs(stock["diff:data"]).sum() > 0
 

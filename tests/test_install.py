@@ -99,6 +99,44 @@ def test_fetch_source_prints_the_checked_pinned_source():
     assert digest == "c6410cc60bdd6db685d441b66be7df05410f8850ac88d6b75d48ef9b2315c08a"
 
 
+def test_the_onednn_choice_is_checked_and_only_3_2_takes_another_prefix(tmp_path):
+    """HINTKD_ONEDNN: 2.6 is the default build itself, 3.2 a build of its own (its recipe adds
+    oneDNN 3.2's pins and patches/onednn3), the builds without oneDNN ignore it."""
+    fast = print_prefix()
+    assert print_prefix(env={"HINTKD_ONEDNN": "2.6"}) == fast
+    onednn3 = print_prefix(env={"HINTKD_ONEDNN": "3.2"})
+    assert onednn3 != fast and "-cpu-" in onednn3
+    assert print_prefix("--stock", env={"HINTKD_ONEDNN": "3.2"}) == print_prefix("--stock")
+    copy = tmp_path / "engine"
+    shutil.copytree(REPO / "engine", copy)
+    with open(copy / "patches" / "onednn3" / "01-onednn-3-api.patch", "a") as f:
+        f.write("\n")
+    changed = {"HINTKD_ONEDNN": "3.2"}
+    assert print_prefix(env=changed, script=copy / "install_caffe.sh") != onednn3
+    assert print_prefix(script=copy / "install_caffe.sh") == fast
+    bad = run(["bash", INSTALL, "--print-prefix"], env={"HINTKD_ONEDNN": "3"}, check=False)
+    assert bad.returncode == 2 and "must be 2.6 (Debian's) or 3.2 (PyPI's), got '3'" in bad.stderr
+
+
+def test_fetch_onednn3_checks_its_pins_and_leaves_nothing_when_one_fails(tmp_path):
+    """--fetch-onednn3 downloads PyPI's oneDNN 3.2 wheels, checks each against its sha256 and
+    keeps the headers and libdnnl.so.3; a wheel that is not the pinned one stops it, and the
+    cache then holds no oneDNN for a build to pick up."""
+    root = Path(run(["bash", INSTALL, "--fetch-onednn3"]).stdout.strip())
+    assert (root / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists() and (root / "lib" / "libdnnl.so.3").exists()
+    assert '#define DNNL_VERSION_MAJOR 3' in (root / "include" / "oneapi" / "dnnl" / "dnnl_version.h").read_text()
+    copy = tmp_path / "engine"
+    shutil.copytree(REPO / "engine", copy)
+    script = copy / "install_caffe.sh"
+    text = script.read_text()
+    pin = re.search(r"onednn-devel-cpu-gomp=([0-9a-f]{64})", text).group(1)
+    script.write_text(text.replace(pin, "0" * 64))
+    cache = tmp_path / "cache"
+    failed = run(["bash", str(script), "--fetch-onednn3"], env={"HINTKD_CACHE": str(cache)}, check=False)
+    assert failed.returncode == 1 and "checksum mismatch" in failed.stderr and "0" * 64 in failed.stderr
+    assert list(cache.iterdir()) == []
+
+
 def test_a_handed_in_build_of_the_recipe_is_installed_after_its_smoke_test(tmp_path):
     """engine/prebuilt/<this recipe's prefix name> (what an image build is handed) is copied
     in and checked instead of compiled; one that fails its smoke test leaves nothing."""
