@@ -2,7 +2,8 @@
 """Training speed of the fast CPU build, the stock build and PyTorch on the same nets.
 
     analysis/benchmark_engines.py [--depths 8,20,32] [--rounds 3] [--steps 2] [--no-torch] [--portable]
-                                  [--unfused] [--shared ResNet-20] [--layers] [--also NAME=PREFIX]
+                                  [--unfused] [--shared ResNet-20] [--layers] [--primitives]
+                                  [--also NAME=PREFIX]
 
 One whole training step (forward, backward, SGD update with momentum and weight
 decay) at batch 128 of 32x32x3 images, for each 6n+2 ResNet as the planner
@@ -38,6 +39,14 @@ net in every round (as `caffe time`, but without the backward passes training
 skips), summed by layer type: where a step's time goes. In the fast build a
 BatchNorm's time includes the Scale and ReLU it runs (HINTKD_FUSE, docs/engine.md).
 
+With --primitives, after the rounds, each build on oneDNN and each net: oneDNN's own time
+for each kind of primitive in a forward and backward pass (`caffe time` under
+ONEDNN_VERBOSE=1, every pass it makes counted): the convolutions' passes and the reorders
+between Caffe's NCHW blobs and oneDNN's layouts, each a share of the build's training step
+as timed in the rounds (the pass under oneDNN's timing, which waits for each primitive and
+prints a line for it, runs 2-3x slower). The weight gradient's parts run side by side on
+the threads (engine/patches/fast/07): their time is summed over the threads, thread-ms.
+
 With --shared NET, the cores shared, in the same rounds, for the fast build (its
 thread count following the free cores), the fast build with HINTKD_THREADS=fixed
 (as it ran before it followed them) and PyTorch: the net's step alone; two
@@ -50,6 +59,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -354,6 +364,47 @@ def print_layer_table(label, rounds, steps):
         print(line)
 
 
+# --- oneDNN's primitives ------------------------------------------------------------
+
+# oneDNN's verbose line for a primitive run (2.6 and 3.x alike): its kind, implementation,
+# pass, descriptors ..., and last its time in ms.
+PRIMITIVE_RUN = re.compile(r"^onednn_verbose,exec,cpu,(\w+),[^,]*,(\w+),.*,([\d.]+)$", re.M)
+
+
+def primitive_ms(net, env, iterations=3):
+    """{primitive kind (convolutions by pass): (ms, runs) per forward and backward pass of NET},
+    from oneDNN's own timing in `caffe time` (it makes iterations + 1 passes)."""
+    env = dict(os.environ, **env)
+    prefix = env.get("HINTKD_CAFFE_PREFIX") or subprocess.run(
+        ["bash", str(engine.INSTALL_SCRIPT), "--print-prefix"], check=True, capture_output=True, text=True,
+        env=env).stdout.strip()
+    # A Stage 2 net's KD layer is a Python layer (hintkd.caffe_layers), which imports pycaffe.
+    python_path = os.pathsep.join([str(engine.REPO), str(Path(prefix) / "python")])
+    result = subprocess.run([str(Path(prefix) / "bin" / "caffe"), "time", "-model", str(net),
+                             "-iterations", str(iterations)], capture_output=True, text=True, check=True,
+                            env=dict(env, ONEDNN_VERBOSE="1", PYTHONPATH=python_path))
+    totals = {}
+    for kind, pass_, ms in PRIMITIVE_RUN.findall(result.stdout):
+        key = f"{kind} {pass_}" if kind == "convolution" else kind
+        total_ms, runs = totals.get(key, (0.0, 0))
+        totals[key] = (total_ms + float(ms), runs + 1)
+    return {key: (total_ms / (iterations + 1), runs / (iterations + 1)) for key, (total_ms, runs) in totals.items()}
+
+
+def print_primitive_table(label, measured, steps):
+    """measured: {build: {primitive kind: (ms, runs) per pass}} for one net; steps: {build:
+    seconds per training step in the rounds}."""
+    kinds = sorted({k for totals in measured.values() for k in totals},
+                   key=lambda k: -max(totals.get(k, (0.0,))[0] for totals in measured.values()))
+    print(f"\n{label}: oneDNN's primitives in a forward and backward pass (ONEDNN_VERBOSE=1 caffe time), "
+          f"ms per pass (share of a training step in the rounds)")
+    print(f"{'build':<12} {'step ms':>8} " + " ".join(f"{k:>30}" for k in kinds))
+    for build, totals in measured.items():
+        step = 1000 * steps[build]
+        print(f"{build:<12} {step:>8.1f} " + " ".join(
+            f"{totals[k][0]:>22.1f} ({totals[k][0] / step:>4.0%})" if k in totals else f"{'-':>30}" for k in kinds))
+
+
 # --- the machine's limit -------------------------------------------------------
 
 def sgemm_gflops(size=2048, repeats=3):
@@ -407,6 +458,8 @@ def main(argv=None):
                         help="also the fast build with HINTKD_FUSE=off (BatchNorm, Scale and ReLU apart)")
     parser.add_argument("--layers", action="store_true",
                         help="also each Caffe build's time per layer type on every net, forward and backward")
+    parser.add_argument("--primitives", action="store_true",
+                        help="also oneDNN's time per kind of primitive (reorders too) in each build on oneDNN")
     parser.add_argument("--shared", metavar="NET", help="also the shared-core cases on this net (e.g. ResNet-20)")
     parser.add_argument("--also", metavar="NAME=PREFIX", action="append", default=[], type=named_prefix,
                         help="also the Caffe build installed in PREFIX, named NAME (repeatable)")
@@ -498,6 +551,10 @@ def main(argv=None):
             print(f"round {round_}/{args.rounds} done{'' if record else ' (warm-up)'}", file=sys.stderr, flush=True)
         for worker in [*workers.values(), *twins.values(), *(w for n, w in sharers.items() if n not in workers)]:
             worker.close()
+        # The builds on oneDNN (not the stock one), one at a time with nothing else running.
+        primitives = {(build, label): primitive_ms(path, workers[build].env)
+                      for label, path in nets.items() for build, (variant, _) in builds.items()
+                      if args.primitives and variant == "cpu"}
 
     peak = statistics.median(peaks)
     median = {key: statistics.median(v) for key, v in times.items() if v}
@@ -550,6 +607,9 @@ def main(argv=None):
               f"of fast fixed (HINTKD_THREADS=fixed)")
     for label in nets if args.layers else ():
         print_layer_table(label, {b: layer_rounds[b, label] for b in builds}, {b: median[b, label] for b in builds})
+    for label in nets if args.primitives else ():
+        print_primitive_table(label, {b: primitives[b, label] for b in builds if (b, label) in primitives},
+                              {b: median[b, label] for b in builds})
     return 0
 
 

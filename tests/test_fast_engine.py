@@ -493,3 +493,24 @@ def test_the_kernel_benchmark_runs_every_shape():
         direct, winograd = re.findall(r"\d+\.\d+ \(\s*\d+\)|(?<= )-(?= )", row)[:2]
         assert direct != "-", row
         assert (winograd == "-") == (" s2 " in row or not WINOGRAD_CPU), row
+
+
+def test_the_engine_benchmark_splits_a_pass_into_onednn_primitives(builds, nets):
+    """analysis/benchmark_engines.py --primitives reads oneDNN's own timing of a real pass
+    (ONEDNN_VERBOSE=1 caffe time): each convolution pass, one run per layer and pass, and the
+    reorders in the fast build, more reorders with HINTKD_FUSE=off (each primitive its own
+    copy, as test_fast_build_matches_stock counts), nothing in the stock build, which has no
+    oneDNN."""
+    from analysis import benchmark_engines
+    _, paths = nets
+    fused = benchmark_engines.primitive_ms(paths["resnet8"], build_env("cpu"), iterations=1)
+    unfused = benchmark_engines.primitive_ms(paths["resnet8"], dict(build_env("cpu"), HINTKD_FUSE="off"),
+                                             iterations=1)
+    passes = {"reorder", "convolution forward_training", "convolution backward_data",
+              "convolution backward_weights"}
+    assert passes <= set(fused) and all(ms > 0 and runs >= 1 for ms, runs in fused.values()), fused
+    # Runs, not times: how many reorders a pass makes does not depend on the machine.
+    assert set(unfused) == set(fused) and unfused["reorder"][1] > fused["reorder"][1], (fused, unfused)
+    convolutions = paths["resnet8"].read_text().count('type: "Convolution"')
+    assert fused["convolution forward_training"][1] == fused["convolution backward_data"][1] == convolutions
+    assert benchmark_engines.primitive_ms(paths["resnet8"], build_env("stock"), iterations=1) == {}
