@@ -44,7 +44,7 @@ for each kind of primitive in a forward and backward pass (`caffe time` under
 ONEDNN_VERBOSE=1, every pass it makes counted): the convolutions' passes and the reorders
 between Caffe's NCHW blobs and oneDNN's layouts, each a share of the build's training step
 as timed in the rounds (the pass under oneDNN's timing, which waits for each primitive and
-prints a line for it, runs 2-3x slower). The weight gradient's parts run side by side on
+prints a line for it, ran 1.1-2.4x slower). The weight gradient's parts run side by side on
 the threads (engine/patches/fast/07): their time is summed over the threads, thread-ms.
 
 With --shared NET, the cores shared, in the same rounds, for the fast build (its
