@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from analysis.benchmark_engines import sgemm_gflops  # noqa: E402
+from hintkd import engine  # noqa: E402
 
 SOURCE = ROOT / "analysis" / "conv_kernels.cpp"
 # (output channels, input size, stride): a CIFAR ResNet's three stages and the two
@@ -44,7 +45,7 @@ PART = "weight gradient, 1 part"
 
 def onednn3():
     """oneDNN 3.2's headers and library, fetched and checked once by the engine's installer: (include, lib)."""
-    root = Path(subprocess.run(["bash", str(ROOT / "engine" / "install_caffe.sh"), "--fetch-onednn3"],
+    root = Path(subprocess.run(["bash", str(engine.INSTALL_SCRIPT), "--fetch-onednn3"],
                                check=True, stdout=subprocess.PIPE, text=True).stdout.strip())
     return root / "include", root / "lib"
 

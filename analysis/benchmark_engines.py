@@ -375,12 +375,10 @@ def primitive_ms(net, env, iterations=3):
     """{primitive kind (convolutions by pass): (ms, runs) per forward and backward pass of NET},
     from oneDNN's own timing in `caffe time` (it makes iterations + 1 passes)."""
     env = dict(os.environ, **env)
-    prefix = env.get("HINTKD_CAFFE_PREFIX") or subprocess.run(
-        ["bash", str(engine.INSTALL_SCRIPT), "--print-prefix"], check=True, capture_output=True, text=True,
-        env=env).stdout.strip()
+    prefix = engine.prefix_for(env)
     # A Stage 2 net's KD layer is a Python layer (hintkd.caffe_layers), which imports pycaffe.
-    python_path = os.pathsep.join([str(engine.REPO), str(Path(prefix) / "python")])
-    result = subprocess.run([str(Path(prefix) / "bin" / "caffe"), "time", "-model", str(net),
+    python_path = os.pathsep.join([str(engine.REPO), str(prefix / "python")])
+    result = subprocess.run([str(prefix / "bin" / "caffe"), "time", "-model", str(net),
                              "-iterations", str(iterations)], capture_output=True, text=True, check=True,
                             env=dict(env, ONEDNN_VERBOSE="1", PYTHONPATH=python_path))
     totals = {}

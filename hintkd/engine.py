@@ -31,16 +31,21 @@ def use_system_python():
         os.execv(SYSTEM_PYTHON, [SYSTEM_PYTHON] + sys.argv)
 
 
+def prefix_for(environ):
+    """The build an environment selects: HINTKD_CAFFE_PREFIX, else the install script's
+    prefix for HINTKD_CAFFE_VARIANT: cpu (the fast CPU build, the default), stock (BVLC's
+    own CPU code, for comparison) or cuda (run_stages.sh --gpu sets it)."""
+    if environ.get("HINTKD_CAFFE_PREFIX"):
+        return Path(environ["HINTKD_CAFFE_PREFIX"])
+    out = subprocess.run(["bash", str(INSTALL_SCRIPT), "--print-prefix"],
+                         check=True, capture_output=True, text=True, env=environ)
+    return Path(out.stdout.strip())
+
+
 @functools.lru_cache(maxsize=None)
 def caffe_prefix():
-    """The build in use: HINTKD_CAFFE_PREFIX, else the install script's prefix for
-    HINTKD_CAFFE_VARIANT: cpu (the fast CPU build, the default), stock (BVLC's own
-    CPU code, for comparison) or cuda (run_stages.sh --gpu sets it)."""
-    if os.environ.get("HINTKD_CAFFE_PREFIX"):
-        return Path(os.environ["HINTKD_CAFFE_PREFIX"])
-    out = subprocess.run(["bash", str(INSTALL_SCRIPT), "--print-prefix"],
-                         check=True, capture_output=True, text=True)
-    return Path(out.stdout.strip())
+    """The build in use: the one this process's environment selects (prefix_for)."""
+    return prefix_for(os.environ)
 
 
 def build_info():
